@@ -1,0 +1,3 @@
+"""toolsel: a DVC pipeline that fine-tunes DiffusionGemma on MLX for tool selection."""
+
+__version__ = "0.1.0"

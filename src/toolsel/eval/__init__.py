@@ -1,0 +1,1 @@
+"""Evaluation: batched decoding (`decode`), answer parsing (`parse`), metrics, baselines and the report."""

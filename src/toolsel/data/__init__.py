@@ -1,0 +1,1 @@
+"""Data stages' core: trace formats, redaction, dedup, split, render."""

@@ -1,0 +1,1 @@
+"""Model directories: tokenizer and chat template, loading, the embedded tiny DiffusionGemma."""

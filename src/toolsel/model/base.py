@@ -53,7 +53,7 @@ def build_tiny_base(texts: list[str], tool_names: list[str], out_dir: str | os.P
     """Tokenizer from `texts` (+ the tool names, as vocabulary only), tiny model, brief pretraining on `texts`,
     written in the real directory format.
 
-    The tool names enter the tokenizer's training text once each, as `- Name` lines, so a response costs a few
+    The tool names enter the tokenizer's training text as `- Name` lines (vocabulary, not labels), so a response costs a few
     tokens per tool and fits the tiny canvas; which tools a task uses never reaches the base. Returns the metrics. The result loads through the same loader as the real model (checked before return).
     """
     from toolsel.model.load import load_model
@@ -66,7 +66,8 @@ def build_tiny_base(texts: list[str], tool_names: list[str], out_dir: str | os.P
     config = tiny_config(**tiny["config"])
     with tempfile.TemporaryDirectory(prefix="toolsel-base-") as tmp:
         tmp = Path(tmp)
-        vocabulary_text = texts + [f"- {name}" for name in sorted(set(tool_names))]
+        # twice: the BPE trainer merges only pairs seen at least twice (min_frequency 2)
+        vocabulary_text = texts + [f"- {name}" for name in sorted(set(tool_names))] * 2
         build_tokenizer(vocabulary_text, tiny["vocab_size"], tmp / "tokenizer")
         build_tiny(tmp / "init", tmp / "tokenizer", config, seed=seed)
         model, tokenizer = load_model(tmp / "init")

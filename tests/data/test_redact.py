@@ -86,3 +86,19 @@ def test_truncated_private_key_block_is_redacted_to_the_end():
     text, counts = redact("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA")
     assert text == "key:\n[REDACTED:private_key]"
     assert counts == {"private_key": 1}
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("the db password is OSPMdU!0589c3h, connect and list the tables",
+     "the db password is [REDACTED:password], connect and list the tables"),
+    ("my password was hunter22.", "my password was [REDACTED:password]."),
+    ("the passphrase is correct-horse-battery-staple", "the passphrase is [REDACTED:password]"),
+])
+def test_passwords_named_in_prose_are_redacted(source, expected):
+    assert redact(source) == (expected, {"password": 1})
+
+
+@pytest.mark.parametrize("text", ["the password is incorrect, reset it", "the password was changed yesterday",
+                                  "password is required for this endpoint"])
+def test_prose_about_passwords_without_one_is_left_alone(text):
+    assert redact(text) == (text, {})

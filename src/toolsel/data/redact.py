@@ -2,7 +2,8 @@
 
 Kinds: private_key, anthropic_key, openai_key, stripe_key, aws_access_key, github_token, gitlab_token,
 slack_token, slack_webhook, google_api_key, huggingface_token, npm_token, jwt, bearer_token, url_credentials,
-password (a `password=`/`passwd:`/`secret=`/`api_key=`/`token=`... assignment; the key is kept, the value goes;
+password (a `password=`/`passwd:`/`secret=`/`api_key=`/`token=`... assignment, or "the password is X" in prose;
+the key is kept, the value goes;
 $VAR, <...>, {{...}}, *** and already-redacted values are left alone).
 
 Each rule runs only when one of its literals occurs in the text (cheap `in` checks first); prefixes are anchored on word boundaries so near-misses such as
@@ -16,6 +17,8 @@ import re
 # Value of a key=value secret: quoted, or a bare run of >= 4 chars; env-var references and placeholders
 # ($VAR, <...>, {{...}}, ***) are not secrets.
 _VALUE = r"""(?:"[^"\n]{4,}"|'[^'\n]{4,}'|(?![$<{*\[])[^\s"',;]{4,})"""
+# A secret named in prose: >= 6 chars with a digit or symbol, no trailing sentence punctuation.
+_PROSE_VALUE = r"""(?=[^\s"',;]*[0-9!@#%^&*_+\-])(?![$<{*\[])[^\s"',;]{5,}[^\s"',;.!?)]"""
 _ASSIGN_KEY = (r"(?:password|passwd|passphrase|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
                r"|access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|token)")
 _B = r"(?<![A-Za-z0-9_\-])"  # left boundary: not inside a longer identifier
@@ -43,7 +46,11 @@ _PATTERNS: list[tuple[str, str, tuple[str, ...]]] = [
     # The rules below keep their prefix (scheme, "Bearer ", "password=") and redact only the secret.
     ("bearer_token", r"(?P<pre>\b[Bb]earer\s+)[A-Za-z0-9._~+/\-]{16,}=*", ("bearer",)),
     ("url_credentials", r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s:/@]+:[^\s@/]+(?P<post>@)", ("://",)),
-    ("password", r"(?P<pre>(?i:\b" + _ASSIGN_KEY + r")\s*(?:=|:)\s*)" + _VALUE, ("pass", "secret", "key", "token")),
+    # `password: X` / `api_key=X`, and prose: "the db password is X" (X must hold a digit or symbol, so "the
+    # password is wrong" stays).
+    ("password", r"(?P<pre>(?i:\b" + _ASSIGN_KEY + r")\s*(?:=|:)\s*)" + _VALUE
+     + r"|(?P<pre2>(?i:\b(?:password|passwd|passphrase)\s+(?:is|was)\s+))" + _PROSE_VALUE,
+     ("pass", "secret", "key", "token")),
 ]
 _RULES = [(kind, re.compile(pattern)) for kind, pattern, _ in _PATTERNS]
 KINDS = tuple(kind for kind, _, _ in _PATTERNS)
@@ -61,7 +68,8 @@ def redact(text: str) -> tuple[str, dict]:
     counts: dict = {}
     lowered = text.lower()
     candidates = {index for hint, rules in _HINT_RULES.items() if hint in lowered for index in rules}
-    if _PASSWORD in candidates and "=" not in text and ":" not in text:
+    if _PASSWORD in candidates and "=" not in text and ":" not in text and " is " not in lowered \
+            and " was " not in lowered:
         candidates.discard(_PASSWORD)
     for index in sorted(candidates):
         kind, regex = _RULES[index]
@@ -70,7 +78,7 @@ def redact(text: str) -> tuple[str, dict]:
         def replace(match: re.Match, kind=kind, tag=tag) -> str:
             counts[kind] = counts.get(kind, 0) + 1
             groups = match.groupdict()
-            return (groups.get("pre") or "") + tag + (groups.get("post") or "")
+            return (groups.get("pre") or groups.get("pre2") or "") + tag + (groups.get("post") or "")
 
         text = regex.sub(replace, text)
     return text, counts

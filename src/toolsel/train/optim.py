@@ -1,0 +1,55 @@
+"""AdamW (bias-corrected) with linear warmup then cosine decay, and grad-norm clipping (the recipe's optimizer)."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten
+
+
+def lr_schedule(lr: float, lr_min: float, warmup_steps: int, total_steps: int):
+    """step (updates done so far, from 0) -> learning rate.
+
+    Linear warmup reaches `lr` on update `warmup_steps` (so the first update is not wasted at lr 0), then a cosine
+    reaches `lr_min` on the last update `total_steps`.
+    """
+    peak = max(warmup_steps - 1, 0)
+    span = max(total_steps - 1 - peak, 1)
+
+    def schedule(step):
+        step = mx.array(step, dtype=mx.float32)
+        warm = lr * (step + 1) / max(warmup_steps, 1)
+        progress = mx.clip((step - peak) / span, 0.0, 1.0)
+        cosine = lr_min + 0.5 * (lr - lr_min) * (1.0 + mx.cos(math.pi * progress))
+        return mx.where(step < peak, warm, cosine)
+
+    return schedule
+
+
+def build_optimizer(
+    *,
+    lr: float,
+    lr_min: float,
+    warmup_steps: int,
+    total_steps: int,
+    betas: tuple[float, float] = (0.95, 0.99),
+    weight_decay: float = 1e-4,
+    eps: float = 1e-8,
+) -> optim.AdamW:
+    """AdamW with bias correction (MLX defaults it off) and the warmup+cosine schedule."""
+    return optim.AdamW(
+        learning_rate=lr_schedule(lr, lr_min, warmup_steps, total_steps),
+        betas=list(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        bias_correction=True,
+    )
+
+
+def clip_gradients(grads, max_norm: float | None):
+    """(grads scaled so their global L2 norm is at most max_norm, the norm before clipping)."""
+    if not max_norm:
+        return grads, mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
+    return optim.clip_grad_norm(grads, max_norm)

@@ -7,8 +7,9 @@ import polars as pl
 from toolsel.data.normalize import normalize_prompt, tool_set_key
 
 # Representative of a duplicate group = the first by provenance (source file, line), then id: the same input
-# set always keeps the same record, whatever order the records arrive in.
-_ORDER = ["_norm", "_tools", "_file", "_line", "_id"]
+# set always keeps the same record, whatever order the records arrive in. One sort in that order serves both:
+# the first row of each group in it is the representative, and the kept rows come out in provenance order.
+_ORDER = ["_file", "_line", "_id", "_row"]
 
 
 def dedup_examples(records: list[dict]) -> tuple[list[dict], dict]:
@@ -34,7 +35,6 @@ def dedup_examples(records: list[dict]) -> tuple[list[dict], dict]:
         frame.sort(_ORDER)
         .with_columns(pl.col("_dup").sum().over(["_norm", "_tools"]).alias("_count"))
         .unique(subset=["_norm", "_tools"], keep="first", maintain_order=True)
-        .sort(["_file", "_line", "_id"])
     )
     out = [{**records[row], "dup_count": count} for row, count in zip(kept["_row"].to_list(),
                                                                        kept["_count"].to_list())]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from functools import lru_cache
 from itertools import combinations
 
 from toolsel.data.normalize import mask_templates, normalize_prompt, tool_set_key
@@ -26,6 +27,7 @@ class SplitOverlapError(ValueError):
     """Two splits share a pair, a normalized prompt or a group: the split must not be written."""
 
 
+@lru_cache(maxsize=1 << 16)  # called once per record, but templates repeat (one per group)
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -33,7 +33,9 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from toolsel.data.formats import FileResult, Options, SubAgent, WrongType, get, iter_lines, parse_object
+import orjson
+
+from toolsel.data.formats import FileResult, Options, SubAgent, WrongType, decode_error, get, iter_lines
 
 # Known non-conversation record types: skipped as `record_type:<type>`. Others: `unknown_record_type`.
 KNOWN_TYPES = frozenset({
@@ -64,10 +66,6 @@ def top_type(line: bytes) -> bytes | None:
     end = line.find(b'"', pos + 8)
     value = line[pos + 8:end]
     return None if end == -1 or b"\\" in value else value
-
-
-def _str_or_none(value) -> bool:
-    return value is None or value.__class__ is str
 
 
 class _Task:
@@ -105,6 +103,9 @@ def message_text(content) -> tuple[str, bool]:
 def non_task_reason(text: str) -> str | None:
     """Why a user text is not a typed task (None = it is one)."""
     head = text.lstrip()[:4096]
+    if "<" not in head:  # every tag below starts with "<": the usual typed task costs two checks
+        return "interrupt" if head.startswith("[Request interrupted by user") else (
+            "compact_summary" if head.startswith(_COMPACT_TEXT) else None)
     if any(tag in head for tag in _SLASH):
         return "slash_command"
     if any(tag in head for tag in _LOCAL):
@@ -141,40 +142,65 @@ class SessionReader:
 
     def read(self) -> FileResult:
         result, link = self.result, self.link
+        skipped, loads, on_user, on_assistant = result.skipped, orjson.loads, self.on_user, self.on_assistant
+        lineno = 0
         with open(self.path, "rb") as handle:
             for lineno, line in iter_lines(handle, self.opts.max_line_bytes, self.digest):
-                result.lines = lineno
                 if line is None:
                     result.quarantine_line(lineno, "line_too_long", None, f"over {self.opts.max_line_bytes} bytes")
                     continue
                 # orjson parses a short line about as fast as the byte checks run: only long lines take them.
-                kind = top_type(line) if len(line) > _BYTES_FAST else None
-                if kind is not None and line[-1:] == b"}" and line.count(b"{") == line.count(b"}"):
-                    if kind == b"assistant":
-                        if b'"type":"tool_use"' not in line:
-                            result.skip("api_error" if b'"isApiErrorMessage":true' in line else "assistant_no_tool_use")
-                            continue
-                    elif kind == b"user":
-                        if b'"type":"tool_result"' in line and not (link and b'"agentId"' in line):
-                            result.skip("tool_result")
-                            continue
-                    elif kind in _FAST_SKIP and not (link and kind == b"progress" and b'"agent_progress"' in line):
-                        result.skip("record_type:" + kind.decode())
-                        continue
-                if not line.strip():
-                    result.skip("blank_line")
+                if len(line) > _BYTES_FAST and self.skipped_from_bytes(line):
                     continue
-                record = parse_object(result, lineno, line)
-                if record is not None:
-                    try:
+                try:
+                    record = loads(line)
+                except orjson.JSONDecodeError:  # a blank line is not JSON either: told apart only here
+                    if not line.strip():
+                        skipped["blank_line"] += 1
+                    else:
+                        reason, detail = decode_error(line)
+                        result.quarantine_line(lineno, reason, line, detail)
+                    continue
+                if record.__class__ is not dict:
+                    result.quarantine_line(lineno, "not_an_object", line, type(record).__name__)
+                    continue
+                # The hot record types are dispatched inline (same handlers as `dispatch`).
+                kind = record.get("type")
+                try:
+                    if kind == "assistant":
+                        on_assistant(lineno, record)
+                    elif kind == "user":
+                        on_user(lineno, record)
+                    elif kind == "progress" and not link:
+                        skipped["record_type:progress"] += 1
+                    else:
                         self.dispatch(lineno, line, record)
-                    except (WrongType, TypeError, AttributeError, KeyError, ValueError) as err:
-                        # A field of an unexpected shape: quarantined, never a crash.
-                        result.quarantine_line(lineno, "wrong_type", line, f"{type(err).__name__}: {err}")
+                except (WrongType, TypeError, AttributeError, KeyError, ValueError) as err:
+                    # A field of an unexpected shape: quarantined, never a crash.
+                    result.quarantine_line(lineno, "wrong_type", line, f"{type(err).__name__}: {err}")
+        result.lines = lineno
         self.close_task()
         for entry in self.queue:
             result.skip("queued_not_delivered")
         return result
+
+    def skipped_from_bytes(self, line: bytes) -> bool:
+        """A long line classified from its bytes (see the module docstring); True when it was counted as skipped."""
+        kind, link, result = top_type(line), self.link, self.result
+        if kind is None or line[-1:] != b"}" or line.count(b"{") != line.count(b"}"):
+            return False
+        if kind == b"assistant":
+            if b'"type":"tool_use"' not in line:
+                result.skip("api_error" if b'"isApiErrorMessage":true' in line else "assistant_no_tool_use")
+                return True
+        elif kind == b"user":
+            if b'"type":"tool_result"' in line and not (link and b'"agentId"' in line):
+                result.skip("tool_result")
+                return True
+        elif kind in _FAST_SKIP and not (link and kind == b"progress" and b'"agent_progress"' in line):
+            result.skip("record_type:" + kind.decode())
+            return True
+        return False
 
     def dispatch(self, lineno: int, line: bytes, record: dict) -> None:
         kind = record.get("type")
@@ -201,8 +227,9 @@ class SessionReader:
         get_ = record.get
         uuid, sidechain, session_id, cwd, timestamp = (get_("uuid"), get_("isSidechain", False), get_("sessionId"),
                                                        get_("cwd"), get_("timestamp"))
-        if not (_str_or_none(uuid) and _str_or_none(session_id) and _str_or_none(cwd) and _str_or_none(timestamp)
-                and (sidechain is None or sidechain.__class__ is bool)):
+        if not ((uuid is None or uuid.__class__ is str) and (session_id is None or session_id.__class__ is str)
+                and (cwd is None or cwd.__class__ is str) and (timestamp is None or timestamp.__class__ is str)
+                and (sidechain is None or sidechain.__class__ is bool)):  # inline: once per user/assistant line
             for key, types in (("uuid", str), ("sessionId", str), ("cwd", str), ("timestamp", str),
                                ("isSidechain", bool)):
                 get(record, key, types)  # raises WrongType naming the field
@@ -223,10 +250,13 @@ class SessionReader:
         message = record.get("message")
         message = message if message.__class__ is dict else get(record, "message", dict) or {}
         content = message.get("content", "")
-        if content.__class__ is list and any(b.__class__ is dict and b.get("type") == "tool_result" for b in content):
-            if self.link:
-                self.link_tool_result(record, record.get("sessionId"))
-            return result.skip("tool_result")
+        if content.__class__ is list:
+            for block in content:  # a plain loop: any(<genexpr>) costs more on this, the most common line
+                if block.__class__ is dict and block.get("type") == "tool_result":
+                    if self.link:
+                        self.link_tool_result(record, record.get("sessionId"))
+                    result.skipped["tool_result"] += 1
+                    return None
         uuid, sidechain, session_id, cwd, timestamp = self.common(record)
         text, image = message_text(content)
         if self.seen_before(uuid):

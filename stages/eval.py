@@ -65,7 +65,7 @@ def eval(  # noqa: A001 - the stage name is the command name
     from toolsel.eval.parse import OutputsInsaneError
     from toolsel.eval.report import eval_metrics, write_outputs
     from toolsel.eval.run import run_eval
-    from toolsel.model.base import resolve_model_dir
+    from toolsel.model.identity import resolve_model_dir
     from toolsel.model.load import ModelDirError
 
     try:

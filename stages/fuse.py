@@ -32,7 +32,7 @@ def fuse(
         help="Write float weights even when the base is quantized [params: fuse.dequantize].")] = None,
     params: Annotated[Path, typer.Option(help="Parameters file.")] = DEFAULT_PARAMS,
 ) -> None:
-    from toolsel.model.base import resolve_model_dir
+    from toolsel.model.identity import resolve_model_dir
     from toolsel.model.fuse import ADAPTER_CONFIG, adapter_kind, fuse_model
     from toolsel.model.load import ModelDirError, validate_model_dir
 

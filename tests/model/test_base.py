@@ -7,7 +7,8 @@ import json
 import pytest
 
 from toolsel.io import sha256_file
-from toolsel.model.base import IDENTITY, build_tiny_base, describe_real_base, resolve_model_dir
+from toolsel.model.base import build_tiny_base, describe_real_base
+from toolsel.model.identity import IDENTITY, resolve_model_dir
 from toolsel.model.pretrain import text_examples
 
 TEXTS = [f"fix the failing test in module_{i % 9}.py then run pytest and grep for TODO {i}" for i in range(48)]

@@ -2,7 +2,7 @@
 
 `models/base/` is the base stage's one output. For `tiny` it IS the model directory (small, DVC-cached). For a real
 model it holds only `identity.json` naming the user's directory (never a copy of 16 GB of weights); downstream
-stages call `resolve_model_dir` and treat both the same.
+stages call `toolsel.model.identity.resolve_model_dir` and treat both the same.
 """
 
 from __future__ import annotations
@@ -13,24 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolsel.io import read_json, write_json
+from toolsel.io import write_json
+from toolsel.model.identity import IDENTITY
 
-IDENTITY = "identity.json"
-
-
-def resolve_model_dir(base_dir: str | os.PathLike) -> Path:
-    """The model directory behind a base stage output (itself for tiny, the recorded path for a real model)."""
-    base_dir = Path(base_dir)
-    if (base_dir / "config.json").exists():
-        return base_dir
-    record = base_dir / IDENTITY
-    if not record.exists():
-        raise FileNotFoundError(f"{base_dir}: neither a model directory nor a base record ({IDENTITY}); "
-                                "run `toolsel base` first")
-    path = Path(read_json(record)["path"]).expanduser()
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{record}: field 'path': {path} is not a model directory (moved or deleted?)")
-    return path
 
 
 def describe_real_base(model_path: str | os.PathLike, out_dir: str | os.PathLike, stage_version: str) -> dict:

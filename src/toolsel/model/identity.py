@@ -12,6 +12,8 @@ from pathlib import Path
 from toolsel.io import read_json, sha256_file, sha256_json, write_json
 from toolsel.model.load import validate_model_dir, weight_files
 
+IDENTITY = "identity.json"  # the base stage's record of a real model directory (models/base/identity.json)
+
 # Small files that change what the model does (tokenizer, template, sampler), hashed on every call.
 METADATA_FILES = (
     "config.json",
@@ -83,3 +85,18 @@ def model_identity(path: str | os.PathLike) -> dict:
         else None,
         "files": dict(sorted(files.items())),
     }
+
+
+def resolve_model_dir(base_dir: str | os.PathLike) -> Path:
+    """The model directory behind a base stage output (itself for tiny, the recorded path for a real model)."""
+    base_dir = Path(base_dir)
+    if (base_dir / "config.json").exists():
+        return base_dir
+    record = base_dir / IDENTITY
+    if not record.exists():
+        raise FileNotFoundError(f"{base_dir}: neither a model directory nor a base record ({IDENTITY}); "
+                                "run `toolsel base` first")
+    path = Path(read_json(record)["path"]).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{record}: field 'path': {path} is not a model directory (moved or deleted?)")
+    return path

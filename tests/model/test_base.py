@@ -51,14 +51,32 @@ def test_pretraining_examples_come_from_the_texts_alone(tiny_base):
     from toolsel.model.chat import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_base[0])
-    examples = text_examples(tokenizer, TEXTS, 16, 64, seed=0)
-    assert len(examples) == len(TEXTS)
-    eos = tokenizer.convert_tokens_to_ids("<eos>")
-    for example, text in zip(examples, TEXTS):
-        canvas = [t for t in example.canvas if t != eos]
-        joined = tokenizer.decode(list(example.prompt[1:]) + canvas)
-        assert text.startswith(joined)  # prefix + continuation of the task text, nothing else (no tool lists)
-        assert len(example.canvas) == 16
+    examples = text_examples(tokenizer, TEXTS, 16, 128, seed=0)
+    assert len(examples) == 2 * len(TEXTS)  # a continuation and an echo per text
+    eos, end = tokenizer.convert_tokens_to_ids("<eos>"), tokenizer.convert_tokens_to_ids("<turn|>")
+    for i, text in enumerate(TEXTS):
+        continuation, echo = examples[2 * i], examples[2 * i + 1]
+        canvas = [t for t in continuation.canvas if t != eos]
+        # prefix + continuation of the task text, nothing else (no tool lists)
+        assert text.startswith(tokenizer.decode(list(continuation.prompt[1:]) + canvas))
+        # echo: the text as a chat user turn -> its first tokens, `<turn|>`, `<eos>` fill
+        assert text in tokenizer.decode(list(echo.prompt))
+        answer = list(echo.canvas)
+        stop = answer.index(end)
+        assert text.startswith(tokenizer.decode(answer[:stop]))
+        assert set(answer[stop + 1:]) <= {eos}
+        assert len(continuation.canvas) == len(echo.canvas) == 16
+
+
+def test_tiny_init_scales_the_residual_branch_norms():
+    from toolsel.model.tiny import init_weights, tiny_config
+
+    weights = init_weights(tiny_config(), seed=0)
+    layers = tiny_config()["text_config"]["num_hidden_layers"]
+    branch = [w for n, w in weights.items() if n.endswith(".post_feedforward_layernorm.weight")]
+    assert len(branch) == layers and all(abs(w.max().item() - (2 * layers) ** -0.5) < 1e-7 for w in branch)
+    other = [w for n, w in weights.items() if n.endswith(".input_layernorm.weight")]
+    assert all(w.min().item() == 1.0 for w in other)
 
 
 def test_real_base_is_recorded_not_copied(tiny_model_dir, tmp_path):
@@ -79,3 +97,14 @@ def test_a_directory_that_is_not_diffusiongemma_is_refused(tmp_path):
 def test_resolve_names_a_missing_base(tmp_path):
     with pytest.raises(FileNotFoundError, match="toolsel base"):
         resolve_model_dir(tmp_path)
+
+
+def test_tool_menus_list_every_tool_once_and_nothing_else():
+    from toolsel.model.pretrain import tool_menus
+
+    menus = tool_menus(TOOLS + ["Bash"], 5, seed=0)
+    assert len(menus) == 5 and len(set(menus)) > 1  # shuffled
+    for menu in menus:
+        assert menu.startswith("Available tools: ")
+        assert sorted(menu.removeprefix("Available tools: ").split(", ")) == sorted(set(TOOLS))
+    assert tool_menus([], 5, seed=0) == []

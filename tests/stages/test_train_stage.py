@@ -42,7 +42,7 @@ def rendered(tmp_path_factory, tiny_model_dir):
 @pytest.fixture
 def params(tmp_path):
     conf = load_params(REPO / "params.yaml")
-    conf["train"].update(steps=STEPS, save_every=2, val_every=2, batch_size=4, warmup_steps=1)
+    conf["train"].update(method="lora", steps=STEPS, save_every=2, val_every=2, batch_size=4, warmup_steps=1)
     path = tmp_path / "params.yaml"
     path.write_text(json.dumps(conf))
     return path

@@ -20,7 +20,7 @@ STEPS, SAVE_EVERY = 12, 3
 
 def _params(tmp_path: Path) -> Path:
     params = load_params(REPO / "params.yaml")
-    params["train"].update(steps=STEPS, save_every=SAVE_EVERY, val_every=6, batch_size=4, grad_accum=2,
+    params["train"].update(method="lora", steps=STEPS, save_every=SAVE_EVERY, val_every=6, batch_size=4, grad_accum=2,
                            warmup_steps=2)
     params["train"]["lora"]["dropout"] = 0.1  # dropout draws from the RNG the checkpoint must restore
     path = tmp_path / "params.yaml"

@@ -38,12 +38,15 @@ def build_tiny_base(texts: list[str], tool_names: list[str], out_dir: str | os.P
     """Tokenizer from `texts` (+ the tool names, as vocabulary only), tiny model, brief pretraining on `texts`,
     written in the real directory format.
 
-    The tool names enter the tokenizer's training text as `- Name` lines (vocabulary, not labels), so a response costs a few
-    tokens per tool and fits the tiny canvas; which tools a task uses never reaches the base. Returns the metrics. The result loads through the same loader as the real model (checked before return).
+    The tool names are vocabulary, never labels: they enter the tokenizer's training text as `- Name` lines, so a
+    response costs a few tokens per tool and fits the tiny canvas, and the pretraining text as shuffled
+    "Available tools: A, B, ..." lines, the candidate list every prompt shows (without them the tool tokens are only
+    ever trained as wrong answers, and a LoRA with frozen embeddings cannot learn to emit them). Which tools a task
+    uses never reaches the base. Returns the metrics. The result loads through the same loader as the real model (checked before return).
     """
     from toolsel.model.load import load_model
     from toolsel.model.pretrain import pretrain as run_pretrain
-    from toolsel.model.pretrain import text_examples
+    from toolsel.model.pretrain import text_examples, tool_menus
     from toolsel.model.tiny import build_tiny, quantize_tiny, tiny_config
     from toolsel.model.tokenizer import build_tokenizer
 
@@ -56,7 +59,8 @@ def build_tiny_base(texts: list[str], tool_names: list[str], out_dir: str | os.P
         build_tokenizer(vocabulary_text, tiny["vocab_size"], tmp / "tokenizer")
         build_tiny(tmp / "init", tmp / "tokenizer", config, seed=seed)
         model, tokenizer = load_model(tmp / "init")
-        examples = text_examples(tokenizer, texts, model.config.canvas_length, pretrain["max_prompt_tokens"], seed)
+        corpus = texts + tool_menus(tool_names, max(1, len(texts) // 10), seed)
+        examples = text_examples(tokenizer, corpus, model.config.canvas_length, pretrain["max_prompt_tokens"], seed)
         log(f"pretraining the tiny model on {len(examples)} task texts ({pretrain['steps']} steps)")
         tic = time.perf_counter()
         weights, history = run_pretrain(model, examples, tokenizer, steps=pretrain["steps"],

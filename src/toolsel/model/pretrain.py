@@ -21,12 +21,22 @@ from toolsel.train.objective import diffusion_loss
 from toolsel.train.optim import build_optimizer
 
 
-def text_examples(tokenizer, texts: list[str], canvas_length: int, max_prompt_tokens: int, seed: int) -> list[Example]:
-    """One (prefix -> continuation) example per text with at least two tokens; the cut point is seeded.
+ECHO_SYSTEM = "Repeat the user's message."
 
-    The cut falls in the first half of short texts so that most canvases also teach where a text ends.
+
+def text_examples(tokenizer, texts: list[str], canvas_length: int, max_prompt_tokens: int, seed: int) -> list[Example]:
+    """Two examples per text with at least two tokens, both from the text alone (seeded):
+
+    - continuation: `<bos>` + a prefix of the text -> the next tokens, `<eos>`-filled; the cut falls in the first half
+      of short texts so that most canvases also teach where a text ends;
+    - echo: the text as a user turn in the model's own chat template -> its first tokens, then `<turn|>`, then
+      `<eos>` fill; this teaches the answer canvas's layout (it starts right after the generation prompt, ends with
+      `<turn|>`) without any tool list.
     """
-    bos, eos = special_id(tokenizer, "<bos>"), special_id(tokenizer, "<eos>")
+    from toolsel.model.chat import encode_prompt, prompt_renderer
+
+    bos, eos, end = (special_id(tokenizer, t) for t in ("<bos>", "<eos>", "<turn|>"))
+    render = prompt_renderer(tokenizer, ECHO_SYSTEM)
     rng = random.Random(f"pretrain:{seed}")
     examples = []
     for text in texts:
@@ -35,9 +45,26 @@ def text_examples(tokenizer, texts: list[str], canvas_length: int, max_prompt_to
             continue
         cut = rng.randint(1, max(1, min(len(ids) - 1, max_prompt_tokens - 1, len(ids) // 2 + 1)))
         continuation = ids[cut:cut + canvas_length]
-        canvas = continuation + [eos] * (canvas_length - len(continuation))
-        examples.append(Example(tuple([bos] + ids[:cut]), tuple(canvas)))
+        examples.append(Example(tuple([bos] + ids[:cut]), tuple(_fill(continuation, canvas_length, eos))))
+        prompt = encode_prompt(tokenizer, render(text))
+        if len(prompt) <= max_prompt_tokens:
+            echo = ids[:canvas_length - 1] + [end]
+            examples.append(Example(tuple(prompt), tuple(_fill(echo, canvas_length, eos))))
     return examples
+
+
+def tool_menus(tool_names: list[str], count: int, seed: int) -> list[str]:
+    """`count` seeded shuffles of "Available tools: A, B, ...": the candidate list as prompts show it, no labels."""
+    rng = random.Random(f"menus:{seed}")
+    names, menus = sorted(set(tool_names)), []
+    for _ in range(count if names else 0):
+        rng.shuffle(names)
+        menus.append("Available tools: " + ", ".join(names))
+    return menus
+
+
+def _fill(ids: list[int], length: int, eos: int) -> list[int]:
+    return ids + [eos] * (length - len(ids))
 
 
 def pretrain(model, examples: list[Example], tokenizer, *, steps: int, batch_size: int, lr: float, seed: int,

@@ -124,20 +124,31 @@ def fit_to_tokenizer(config: dict, tokenizer) -> dict:
     return config
 
 
-def init_weights(config: dict, seed: int) -> dict[str, mx.array]:
-    """Random fp32 weights in the MLX spelling: normal(0, initializer_range) matrices, ones for norms and scalars.
+# Norms that scale what each sublayer adds to the residual stream (Gemma 4 normalizes every sublayer output).
+_RESIDUAL_BRANCH_NORMS = (".post_attention_layernorm.weight", ".post_feedforward_layernorm.weight")
 
-    The same rule as transformers' `_init_weights`, so a fresh tiny model starts near uniform over the vocab.
+
+def init_weights(config: dict, seed: int, residual_scale: float | None = None) -> dict[str, mx.array]:
+    """Random fp32 weights in the MLX spelling: normal(0, initializer_range) matrices, ones for norms and scalars,
+    as transformers' `_init_weights` does, except the residual-branch output norms.
+
+    Those start at `residual_scale` (default 1/sqrt(2 * layers), GPT-2's residual scaling): with ones, each of the
+    2 * layers sublayers adds a unit-RMS vector to the stream and drowns the canvas token's own embedding, and a
+    briefly pretrained tiny model never learns to read its canvas (its LoRA could not fix that: norms are frozen).
     """
     from mlx_vlm.models.diffusion_gemma import Model, ModelConfig
 
     model = Model(ModelConfig.from_dict(config))
     std = config.get("initializer_range", 0.02)
+    layers = config["text_config"]["num_hidden_layers"]
+    branch = residual_scale if residual_scale is not None else (2 * layers) ** -0.5
     params = sorted(tree_flatten(model.parameters()))
     keys = mx.random.split(mx.random.key(seed), len(params))
     weights = {}
     for key, (name, value) in zip(keys, params):
-        if value.ndim == 1:  # norm weights, router scales, layer scalars
+        if name.endswith(_RESIDUAL_BRANCH_NORMS):
+            weights[name] = mx.full(value.shape, branch, dtype=mx.float32)
+        elif value.ndim == 1:  # norm weights, router scales, layer scalars
             weights[name] = mx.ones(value.shape, dtype=mx.float32)
         else:
             weights[name] = std * mx.random.normal(value.shape, dtype=mx.float32, key=key)

@@ -154,6 +154,23 @@ def parse_object(result: FileResult, lineno: int, line: bytes) -> dict | None:
     return record
 
 
+def iter_records(result: FileResult, path: str, max_bytes: int, digest) -> Iterator[tuple[int, bytes, dict]]:
+    """(line number, raw line, object) for every line of a one-object-per-line file (chat, pairs); lines too
+    long, blank or not a JSON object are quarantined or skipped on `result` and not yielded."""
+    with open(path, "rb") as handle:
+        for lineno, line in iter_lines(handle, max_bytes, digest):
+            result.lines = lineno
+            if line is None:
+                result.quarantine_line(lineno, "line_too_long", None, f"over {max_bytes} bytes")
+                continue
+            if not line.strip():
+                result.skip("blank_line")
+                continue
+            record = parse_object(result, lineno, line)
+            if record is not None:
+                yield lineno, line, record
+
+
 class WrongType(ValueError):
     """A field the reader needs has the wrong JSON type; the line is quarantined naming the field."""
 

@@ -8,7 +8,7 @@ tasks (`chat_no_user_message`, or `chat_no_kept_task`).
 
 from __future__ import annotations
 
-from toolsel.data.formats import FileResult, Options, WrongType, get, iter_lines, parse_object
+from toolsel.data.formats import FileResult, Options, WrongType, get, iter_records
 
 
 def _content_text(content) -> str:
@@ -60,33 +60,22 @@ def conversation_tasks(record: dict) -> list[tuple[int, str, list[str]]]:
 
 def read_chat(path: str, display: str, opts: Options, digest) -> FileResult:
     result = FileResult(display, "chat")
-    with open(path, "rb") as handle:
-        for lineno, line in iter_lines(handle, opts.max_line_bytes, digest):
-            result.lines = lineno
-            if line is None:
-                result.quarantine_line(lineno, "line_too_long", None, f"over {opts.max_line_bytes} bytes")
+    for lineno, line, record in iter_records(result, path, opts.max_line_bytes, digest):
+        try:
+            tasks = conversation_tasks(record)
+            session_id = get(record, "id", str)
+        except WrongType as err:
+            result.quarantine_line(lineno, "wrong_type", line, str(err))
+            continue
+        kept = 0
+        for index, text, tools in tasks:
+            reason = "no_text" if not text else ("no_tool_calls" if not tools else None)
+            if reason:
+                result.tasks_skipped[reason] += 1
                 continue
-            if not line.strip():
-                result.skip("blank_line")
-                continue
-            record = parse_object(result, lineno, line)
-            if record is None:
-                continue
-            try:
-                tasks = conversation_tasks(record)
-                session_id = get(record, "id", str)
-            except WrongType as err:
-                result.quarantine_line(lineno, "wrong_type", line, str(err))
-                continue
-            kept = 0
-            for index, text, tools in tasks:
-                reason = "no_text" if not text else ("no_tool_calls" if not tools else None)
-                if reason:
-                    result.tasks_skipped[reason] += 1
-                    continue
-                kept += 1
-                result.add_example(opts, line=lineno, sub=index, text=text, tools=tools, session_id=session_id,
-                                   project=None, timestamp=None, key=None, lines=1 if kept == 1 else 0)
-            if not kept:
-                result.skip("chat_no_kept_task" if tasks else "chat_no_user_message")
+            kept += 1
+            result.add_example(opts, line=lineno, sub=index, text=text, tools=tools, session_id=session_id,
+                               project=None, timestamp=None, key=None, lines=1 if kept == 1 else 0)
+        if not kept:
+            result.skip("chat_no_kept_task" if tasks else "chat_no_user_message")
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from toolsel.data.formats import FileResult, Options, WrongType, get, iter_lines, parse_object
+from toolsel.data.formats import FileResult, Options, WrongType, get, iter_records
 
 _USER_TURN = "<|turn>user\n"
 _END_TURN = "<turn|>"
@@ -50,35 +50,24 @@ def response_tools(response: str) -> list[str] | None:
 
 def read_pairs(path: str, display: str, opts: Options, digest) -> FileResult:
     result = FileResult(display, "pairs")
-    with open(path, "rb") as handle:
-        for lineno, line in iter_lines(handle, opts.max_line_bytes, digest):
-            result.lines = lineno
-            if line is None:
-                result.quarantine_line(lineno, "line_too_long", None, f"over {opts.max_line_bytes} bytes")
-                continue
-            if not line.strip():
-                result.skip("blank_line")
-                continue
-            record = parse_object(result, lineno, line)
-            if record is None:
-                continue
-            try:
-                prompt, response = get(record, "prompt", str), get(record, "response", str)
-                if prompt is None or response is None:
-                    raise WrongType("fields 'prompt' and 'response': required str")
-            except WrongType as err:
-                result.quarantine_line(lineno, "wrong_type", line, str(err))
-                continue
-            tools = response_tools(response)
-            if tools is None:
-                result.quarantine_line(lineno, "bad_response", response, "not '- Tool' lines ending <turn|>")
-                continue
-            text = task_text(prompt)
-            reason = "no_text" if not text else ("no_tool_calls" if not tools else None)
-            if reason:
-                result.tasks_skipped[reason] += 1
-                result.skip("task_" + reason)
-                continue
-            result.add_example(opts, line=lineno, sub=0, text=text, tools=tools, session_id=None, project=None,
-                               timestamp=None, key=None, lines=1)
+    for lineno, line, record in iter_records(result, path, opts.max_line_bytes, digest):
+        try:
+            prompt, response = get(record, "prompt", str), get(record, "response", str)
+            if prompt is None or response is None:
+                raise WrongType("fields 'prompt' and 'response': required str")
+        except WrongType as err:
+            result.quarantine_line(lineno, "wrong_type", line, str(err))
+            continue
+        tools = response_tools(response)
+        if tools is None:
+            result.quarantine_line(lineno, "bad_response", response, "not '- Tool' lines ending <turn|>")
+            continue
+        text = task_text(prompt)
+        reason = "no_text" if not text else ("no_tool_calls" if not tools else None)
+        if reason:
+            result.tasks_skipped[reason] += 1
+            result.skip("task_" + reason)
+            continue
+        result.add_example(opts, line=lineno, sub=0, text=text, tools=tools, session_id=None, project=None,
+                           timestamp=None, key=None, lines=1)
     return result

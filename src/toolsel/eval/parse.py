@@ -98,19 +98,7 @@ def parse_tools(text: str, candidates: Sequence[str] | Iterable[str]) -> ParsedT
         text = "" if text is None else str(text)
     table = _lookup(tuple(candidates))
     region, had_markers = answer_region(text)
-    valid: list[str] = []
-    invalid: list[str] = []
-    seen: set[str] = set()
-    for line in region.splitlines():
-        for name in _line_names(line, table):
-            key = name.casefold()
-            if key in seen:
-                continue
-            seen.add(key)
-            if key in table:
-                valid.append(table[key])
-            else:
-                invalid.append(name)
+    valid, invalid = _classify((name for line in region.splitlines() for name in _line_names(line, table)), table)
     empty = not valid and not invalid
     marker_only = empty and had_markers and not region.strip()
     return ParsedTools(valid=valid, invalid=invalid, empty=empty, marker_only=marker_only)
@@ -118,7 +106,12 @@ def parse_tools(text: str, candidates: Sequence[str] | Iterable[str]) -> ParsedT
 
 def classify_names(names: Iterable[str], candidates: Sequence[str]) -> ParsedTools:
     """Names already extracted (a baseline's output) through the same candidate check and dedup."""
-    table = _lookup(tuple(candidates))
+    valid, invalid = _classify(names, _lookup(tuple(candidates)))
+    return ParsedTools(valid=valid, invalid=invalid, empty=not valid and not invalid)
+
+
+def _classify(names: Iterable[str], table: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(candidates in canonical spelling, other names), first occurrence only, compared case-insensitively."""
     valid, invalid, seen = [], [], set()
     for name in names:
         key = name.strip().casefold()
@@ -129,7 +122,7 @@ def classify_names(names: Iterable[str], candidates: Sequence[str]) -> ParsedToo
             valid.append(table[key])
         else:
             invalid.append(name)
-    return ParsedTools(valid=valid, invalid=invalid, empty=not valid and not invalid)
+    return valid, invalid
 
 
 class OutputsInsaneError(ValueError):

@@ -113,14 +113,16 @@ def eval(  # noqa: A001 - the stage name is the command name
             b.close()
 
     validate(eval_metrics(result), "eval_metrics", str(metrics))
-    seeds = conf["seeds"][:1] if cfg.temperature <= 0 else conf["seeds"]
+    seeds = conf["seeds"]
     note = (f"Models decoded with the `{cfg.sampler}` sampler (stage version {STAGE_VERSION}): {cfg.steps} steps, "
             f"schedule temperature {cfg.t_max} -> {cfg.t_min}, "
             + (f"entropy bound {cfg.entropy_bound}" if cfg.sampler == "entropy-bound"
                else f"confidence threshold {cfg.confidence_threshold}")
             + f", early stop after {cfg.stability_threshold} stable step(s) with mean entropy < {cfg.stop_entropy}; "
-            + ("greedy (temperature 0), canvas seed " + str(seeds[0]) if cfg.temperature <= 0
-               else f"temperature {cfg.temperature}, mean over seeds {seeds}") + ".")
+            + ("greedy (temperature 0)" if cfg.temperature <= 0 else f"temperature {cfg.temperature}")
+            + (f", canvas seed {seeds[0]}" if len(seeds) == 1 else f", mean over seeds {seeds}") + "."
+            + (" The start canvas and renoising are random even when greedy: a single seed's answers vary with it"
+               " (set `eval.seeds` to several to average)." if len(seeds) == 1 else ""))
     write_outputs(result, metrics_path=metrics, report_path=report_file, predictions_path=predictions,
                   plot_path=plot, svg_path=svg, note=note)
     m = result["metrics"]

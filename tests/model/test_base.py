@@ -108,3 +108,14 @@ def test_tool_menus_list_every_tool_once_and_nothing_else():
         assert menu.startswith("Available tools: ")
         assert sorted(menu.removeprefix("Available tools: ").split(", ")) == sorted(set(TOOLS))
     assert tool_menus([], 5, seed=0) == []
+
+
+def test_echo_target_matches_the_trimmed_user_turn(tiny_base):
+    from toolsel.model.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_base[0])
+    end = tokenizer.convert_tokens_to_ids("<turn|>")
+    padded, plain = (text_examples(tokenizer, [t], 16, 128, seed=0) for t in ("  run pytest now \n", "run pytest now"))
+    assert padded == plain  # surrounding whitespace changes neither the prompt nor the answer canvas
+    echo = list(plain[1].canvas)
+    assert tokenizer.decode(echo[:echo.index(end)]) == "run pytest now"

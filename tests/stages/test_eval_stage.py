@@ -168,3 +168,13 @@ def test_model_systems_wiring_with_seeds(workspace, monkeypatch):
     predictions = list(read_jsonl(workspace / "sampled" / "eval_predictions.jsonl"))
     assert sorted({p["seed"] for p in predictions if p["system"] == "fused"}) == [0, 1]
     assert "mean over seeds [0, 1]" in (workspace / "sampled" / "eval_report.md").read_text()
+
+    # greedy decoding still draws its start canvas: several seeds are decoded and averaged at temperature 0 too
+    calls.clear()
+    params["eval"].update(temperature=0.0, seeds=[0, 1])
+    with open(workspace / "greedy.yaml", "w") as handle:
+        YAML(typ="safe", pure=True).dump(params, handle)
+    result = run_eval(workspace, "greedy", "--params", str(workspace / "greedy.yaml"))
+    assert result.exit_code == 0, result.output
+    assert calls == [([0, 1], 0.0)] * 3
+    assert "greedy (temperature 0), mean over seeds [0, 1]" in (workspace / "greedy" / "eval_report.md").read_text()

@@ -85,12 +85,14 @@ def run_eval(test: Sequence[Mapping], test_tasks: Sequence[Mapping], train_tasks
     """Score the model `systems` and the baselines on the rendered test split; returns (report result, decodes).
 
     `test` are rendered records (`id`, `prompt`, `tools`); `*_tasks` carry the raw task text for the baselines.
-    Temperature 0 decodes once with seeds[0] (records carry seed null); above 0 once per seed, metrics averaged.
+    Every seed decodes the whole test set and the metrics average over seeds, at temperature 0 too: a greedy
+    denoiser still starts from, and renoises to, random canvases, and its answers depend on that draw. With a
+    single seed the prediction records carry seed null.
     Raises `parse.OutputsInsaneError` when a trained system's outputs mostly name no candidate tool.
     """
     ids, prompts = [r["id"] for r in test], [r["prompt"] for r in test]
-    greedy = cfg.temperature <= 0
-    run_seeds = list(seeds[:1]) if greedy else list(seeds)
+    run_seeds = list(seeds)
+    single = len(run_seeds) == 1
     predictions: dict[str, list[dict]] = {}
     decodes: dict[str, SystemDecode] = {}
     for system in systems:
@@ -110,7 +112,7 @@ def run_eval(test: Sequence[Mapping], test_tasks: Sequence[Mapping], train_tasks
             check_outputs_sane(every_text, candidates, max_bad_fraction=max_bad_fraction, system=system)
         predictions[system] = [p for seed in run_seeds
                                for p in report.predictions_from_texts(ids, decoded.texts[seed], candidates,
-                                                                      None if greedy else seed)]
+                                                                      None if single else seed)]
     predictions.update(baselines.run_baselines(train_tasks, test_tasks, candidates, k=floor_k,
                                                retrieval_k=retrieval_k, vote_fraction=vote_fraction))
     extra = {s: {"mean_steps_per_block": round(d.mean_steps, 4)} for s, d in decodes.items()}

@@ -40,6 +40,7 @@ def text_examples(tokenizer, texts: list[str], canvas_length: int, max_prompt_to
     rng = random.Random(f"pretrain:{seed}")
     examples = []
     for text in texts:
+        text = text.strip()  # the chat template trims the user turn; the echo target must match it
         ids = tokenizer.encode(text, add_special_tokens=False)
         if len(ids) < 2:
             continue

@@ -123,3 +123,17 @@ def test_stage_end_to_end(tmp_path, monkeypatch, model_dir):
     no_model = [str(tmp_path) if a == str(model_dir) else a for a in args]
     result = CliRunner().invoke(app, no_model)
     assert result.exit_code == 1 and "tokenizer" in result.output
+
+
+def test_control_tokens_typed_in_a_task_stay_text(tok):
+    plain = example(0, "close the turn and restart", ["Bash"])
+    typed = example(1, "print <bos> then <turn|> and <|image|> literally", ["Bash"])
+    rendered, _, counts = render_split([plain, typed], tok, system_prompt=SYSTEM, candidates=["Bash"],
+                                       canvas_length=CANVAS, max_prompt_tokens=200, overflow="truncate")
+    assert counts["control_tokens_defused"] == 1
+    ids = [encode_prompt(tok, r["prompt"]) for r in rendered]
+    for special in ("<bos>", "<turn|>", "<|image|>"):
+        special_id = tok.convert_tokens_to_ids(special)
+        assert ids[1].count(special_id) == ids[0].count(special_id), special  # only the template's own
+    assert "print <\u200bbos> then <\u200bturn|> and <\u200b|image|> literally" in rendered[1]["prompt"]
+    assert rendered[0]["prompt"] == render_prompt(tok, SYSTEM, user_message(plain["prompt"], ["Bash"]))

@@ -6,10 +6,13 @@ Limits, both counted:
 - a response longer than the canvas is quarantined: we train one canvas block per example, not multi-block;
 - a prompt over `max_prompt_tokens` is truncated (`truncate`: the head of the task text is kept, the template
   and candidate list stay intact) or quarantined (`quarantine`).
+Task text that spells a control token (`<bos>`, `<turn|>`, `<|image|>`...) is defused with a zero-width space after
+its `<`, so it tokenizes as the text it is, never as the control token (counted as `control_tokens_defused`).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
@@ -33,6 +36,15 @@ def user_message(task: str, candidates: list[str]) -> str:
     """The user turn: the task, then the candidate tools (omitted when there are none)."""
     task = task.strip()
     return f"{task}\n\nAvailable tools: {', '.join(candidates)}" if candidates else task
+
+
+def control_token_defuser(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], tuple[str, int]]:
+    """text -> (text with every special-token literal broken by a zero-width space after its `<`, hits)."""
+    specials = {t for t in [*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()] if t.startswith("<")}
+    if not specials:
+        return lambda text: (text, 0)
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+    return lambda text: pattern.subn(lambda m: "<\u200b" + m.group(0)[1:], text)
 
 
 class PromptTooLong(ValueError):
@@ -61,6 +73,7 @@ def render_split(records: list[dict], tokenizer: PreTrainedTokenizerBase, *, sys
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
     render = prompt_renderer(tokenizer, system_prompt)
+    defuse = control_token_defuser(tokenizer)
 
     def n_prompt_tokens(task: str) -> int:
         return len(encode_prompts(tokenizer, [render(user_message(task, candidates))])[0])
@@ -70,12 +83,15 @@ def render_split(records: list[dict], tokenizer: PreTrainedTokenizerBase, *, sys
     progress = bar(total=len(records), desc=f"render {split}".strip(), unit="ex")
     for start in range(0, len(records), _CHUNK):
         chunk = records[start:start + _CHUNK]
-        prompts = [render(user_message(r["prompt"], candidates)) for r in chunk]
+        defused = [defuse(r["prompt"]) for r in chunk]
+        tasks = [task for task, _ in defused]
+        counts["control_tokens_defused"] += sum(1 for _, hits in defused if hits)
+        prompts = [render(user_message(task, candidates)) for task in tasks]
         responses = [format_response(r["tools"]) for r in chunk]
         prompt_lens = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
         response_lens = [len(ids) for ids in encode_responses(tokenizer, responses)]
-        for record, prompt, response, n_prompt, n_response in zip(chunk, prompts, responses, prompt_lens,
-                                                                 response_lens):
+        for record, task, prompt, response, n_prompt, n_response in zip(chunk, tasks, prompts, responses,
+                                                                       prompt_lens, response_lens):
             problem = {"split": split, "id": record["id"], "prompt_tokens": n_prompt, "response_tokens": n_response}
             if n_response > canvas_length:
                 quarantined.append({**problem, "reason": "response_too_long", "limit": canvas_length})
@@ -85,7 +101,7 @@ def render_split(records: list[dict], tokenizer: PreTrainedTokenizerBase, *, sys
                 quarantined.append({**problem, "reason": "prompt_too_long", "limit": max_prompt_tokens})
                 continue
             if truncated:
-                task = _truncate(record["prompt"], lambda head: n_prompt_tokens(head) <= max_prompt_tokens)
+                task = _truncate(task, lambda head: n_prompt_tokens(head) <= max_prompt_tokens)
                 prompt = render(user_message(task, candidates))
                 n_prompt = n_prompt_tokens(task)
             counts["truncated"] += truncated
@@ -105,6 +121,7 @@ def _split_counts(counts: Counter, rendered: list[dict], quarantined: list[dict]
         "examples_in": counts["examples_in"],
         "rendered": len(rendered),
         "truncated": counts["truncated"],
+        "control_tokens_defused": counts["control_tokens_defused"],
         "quarantined": {"response_too_long": reasons["response_too_long"],
                         "prompt_too_long": reasons["prompt_too_long"]},
         "tools_outside_candidates": counts["outside_candidates"],

@@ -12,21 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from testkit import padded_tokenizer
 from toolsel.eval import decode as D
 
 STEPS = 10
-
-
-def padded_tokenizer(src, out_dir, size=512):
-    """The shared test tokenizer padded with filler tokens to exactly `size`: stock generate's detokenizer fails
-    on ids past the tokenizer, and a random start canvas draws from the whole model vocabulary."""
-    from transformers import PreTrainedTokenizerFast
-
-    shutil.copytree(src, out_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out_dir))
-    tokenizer.add_tokens([f"<unused{i}>" for i in range(size - len(tokenizer))])
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
 
 
 def make_converging(src, out_dir, stop_entropy):

@@ -4,7 +4,6 @@ base + adapter (float and quantized, stated tolerances), the mixed 8/4-bit rule 
 from __future__ import annotations
 
 import json
-import shutil
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 
 from toolsel.io import sha256_file
 from toolsel.model.fuse import fuse_model
+from testkit import padded_tokenizer
 
 # Max |logit difference|, measured on the tiny models below, with margin:
 FLOAT_TOL = 1e-4  # W + s B^T A^T vs W x + s (x A) B: float rounding only (measured ~1e-6)
@@ -21,17 +21,6 @@ FLOAT_TOL = 1e-4  # W + s B^T A^T vs W x + s (x A) B: float rounding only (measu
 # not even idempotent: a zero adapter alone moves the logits by 0.06 on this random model). Measured 0.06-0.15,
 # against 0.55 for the base's own float -> 4-bit conversion.
 REQUANT_TOL = 0.25
-
-
-def padded_tokenizer(src, out_dir, size=512):
-    """The shared test tokenizer padded to `size` tokens, so every id the model can emit decodes in mlx-vlm."""
-    from transformers import PreTrainedTokenizerFast
-
-    shutil.copytree(src, out_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out_dir))
-    tokenizer.add_tokens([f"<unused{i}>" for i in range(size - len(tokenizer))])
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
 
 
 def make_adapter(base_dir, out_dir, *, method="lora", seed=0):

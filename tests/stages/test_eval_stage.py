@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,11 @@ from typer.testing import CliRunner
 
 from toolsel.io import read_jsonl, sha256_file, write_json, write_jsonl
 from toolsel.schemas import validate, validate_records
+from testkit import padded_tokenizer
 
 TOOLS = ["Bash", "Read", "Edit", "Grep", "Glob", "Write"]
 SYSTEM = "List the tools the agent will need."
 REPO = Path(__file__).resolve().parents[2]
-
-
-def padded_tokenizer(src, out_dir, size=512):
-    from transformers import PreTrainedTokenizerFast
-
-    shutil.copytree(src, out_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out_dir))
-    tokenizer.add_tokens([f"<unused{i}>" for i in range(size - len(tokenizer))])
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
 
 
 def random_adapter(base_dir, out_dir):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from testkit import rendered_record
 from toolsel.cli import app
 from toolsel.io import read_jsonl, write_jsonl
 from toolsel.params import load_params
@@ -22,7 +23,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, tiny_model_dir):
     """Schema-valid rendered splits built with the tiny model's own chat template."""
-    from toolsel.model.chat import encode_prompt, encode_response, format_response, load_tokenizer, render_prompt
+    from toolsel.model.chat import load_tokenizer
 
     out = tmp_path_factory.mktemp("rendered")
     tokenizer, rng = load_tokenizer(tiny_model_dir), random.Random(0)
@@ -30,11 +31,8 @@ def rendered(tmp_path_factory, tiny_model_dir):
         records = []
         for i in range(n):
             tools = rng.sample(["Bash", "Read", "Edit", "Grep"], rng.randint(1, 3))
-            prompt = render_prompt(tokenizer, "You route tools.", f"task {i}: fix module {rng.randint(0, 9)}")
-            response = format_response(tools)
-            records.append({"id": f"{split}-{i}", "prompt": prompt, "response": response, "tools": tools,
-                            "prompt_tokens": len(encode_prompt(tokenizer, prompt)),
-                            "response_tokens": len(encode_response(tokenizer, response)), "truncated": False})
+            records.append(rendered_record(tokenizer, f"{split}-{i}", f"task {i}: fix module {rng.randint(0, 9)}",
+                                           tools))
         write_jsonl(out / f"{split}.jsonl", records)
     return out
 

@@ -47,7 +47,8 @@ def model(tiny_model_dir):
 
 def write_rendered(out_dir, model_dir, counts=(("train", 24), ("valid", 6))):
     """Schema-valid rendered splits made with the model directory's own chat template (deterministic)."""
-    from toolsel.model.chat import encode_prompt, encode_response, format_response, load_tokenizer, render_prompt
+    from testkit import rendered_record
+    from toolsel.model.chat import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     rng = random.Random(0)
@@ -56,11 +57,7 @@ def write_rendered(out_dir, model_dir, counts=(("train", 24), ("valid", 6))):
         for i in range(n):
             tools = rng.sample(TOOLS, rng.randint(1, 3))
             user = f"task {i}: fix the bug in module {rng.randint(0, 9)} " + "and run the tests " * rng.randint(0, 6)
-            prompt = render_prompt(tokenizer, "You route tools.", user)
-            response = format_response(tools)
-            records.append({"id": f"{split}-{i}", "prompt": prompt, "response": response, "tools": tools,
-                            "prompt_tokens": len(encode_prompt(tokenizer, prompt)),
-                            "response_tokens": len(encode_response(tokenizer, response)), "truncated": False})
+            records.append(rendered_record(tokenizer, f"{split}-{i}", user, tools))
         write_jsonl(out_dir / f"{split}.jsonl", records)
     return out_dir
 

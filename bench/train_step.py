@@ -56,7 +56,7 @@ def batch_arrays(vocab: int, canvas: int):
     return prompt, mask, clean, int(mask.sum()) + clean.size
 
 
-def run_mlx(model_dir: Path, steps: int, method: str, grad_checkpoint: bool) -> dict:
+def run_mlx(model_dir: Path, steps: int, method: str, grad_checkpoint: bool, shards: int) -> dict:
     import mlx.core as mx
     from mlx_vlm.models.diffusion_gemma import Model, ModelConfig
 
@@ -77,7 +77,7 @@ def run_mlx(model_dir: Path, steps: int, method: str, grad_checkpoint: bool) -> 
     opt = build_optimizer(lr=LR, lr_min=LR / 10, warmup_steps=0, total_steps=steps + 1, weight_decay=1e-4)
     times = []
     train(model, opt, diffusion_loss, iter([batch] * (steps + 1)), [],
-          TrainArgs(steps=steps + 1, grad_checkpoint=grad_checkpoint),
+          TrainArgs(steps=steps + 1, grad_checkpoint=grad_checkpoint, shards=shards),
           on_report=lambda r: times.append(tokens / r["tokens_per_sec"]))
     return {"step_s": min(times[1:]), "tokens": tokens, "peak_gb": mx.get_peak_memory() / 1e9}
 
@@ -119,7 +119,7 @@ def run_torch(model_dir: Path, steps: int, threads: int) -> dict:
 def child(args) -> None:
     model_dir = Path(args.model_dir)
     if args.side == "mlx":
-        result = run_mlx(model_dir, args.steps, args.method, args.grad_checkpoint)
+        result = run_mlx(model_dir, args.steps, args.method, args.grad_checkpoint, args.shards)
     else:
         result = run_torch(model_dir, args.steps, args.threads)
     result["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; each side's best round counts")
     parser.add_argument("--method", default="full", choices=["full", "lora"], help="ours: what is trainable")
     parser.add_argument("--grad-checkpoint", action="store_true", help="ours: per-layer gradient checkpointing")
+    parser.add_argument("--shards", type=int, default=2, help="ours: row shards per batch on parallel CPU streams")
     parser.add_argument("--side", choices=["mlx", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         write_model(model_dir)
-        extra = ["--method", args.method] + (["--grad-checkpoint"] if args.grad_checkpoint else [])
+        extra = ["--method", args.method, "--shards", str(args.shards)] + (["--grad-checkpoint"] if args.grad_checkpoint else [])
         # Alternate the two sides for a few rounds and keep each side's best: other load on a shared machine
         # only ever slows a round down.
         rounds = [(side("mlx", model_dir, args, extra), side("torch", model_dir, args)) for _ in range(args.rounds)]

@@ -14,7 +14,7 @@ from toolsel.model.pretrain import text_examples
 TEXTS = [f"fix the failing test in module_{i % 9}.py then run pytest and grep for TODO {i}" for i in range(48)]
 TOOLS = ["Bash", "Read", "Edit", "Grep", "TodoWrite", "mcp__github__create_pull_request"]
 TINY = {"vocab_size": 400, "quantize_bits": 0, "config": {"canvas_length": 16}}
-PRETRAIN = {"steps": 4, "batch_size": 8, "lr": 3e-3, "encoder_loss_weight": 1.0, "max_prompt_tokens": 64}
+PRETRAIN = {"steps": 4, "batch_size": 8, "lr": 3e-3, "encoder_loss_weight": 1.0, "max_prompt_tokens": 64, "shards": 2}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import pytest
 from mlx.utils import tree_flatten
 
@@ -120,7 +121,9 @@ def test_grad_accumulation_equals_one_big_batch(tiny_model_dir, load_tiny, make_
         mx.random.seed(0)
         model = load_tiny(tiny_model_dir)
         prepare_for_training(model, method="lora", rank=4, alpha=8)
-        opt = build_optimizer(lr=1e-2, lr_min=1e-3, warmup_steps=1, total_steps=1)
+        # Plain SGD: the weight change is the gradient itself (Adam's first step, g / |g|, would amplify the
+        # float32 rounding of near-zero gradient entries into large relative differences).
+        opt = optim.SGD(learning_rate=1e-2)
         train(model, opt, _clean_canvas_loss, iter(batches), [], TrainArgs(steps=1, grad_accum=accum, grad_clip=None))
         results.append(trainable_weights(model))
     worst, name = _max_rel_diff(results[1], results[0])

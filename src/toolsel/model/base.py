@@ -65,7 +65,7 @@ def build_tiny_base(texts: list[str], tool_names: list[str], out_dir: str | os.P
         tic = time.perf_counter()
         weights, history = run_pretrain(model, examples, tokenizer, steps=pretrain["steps"],
                                         batch_size=pretrain["batch_size"], lr=pretrain["lr"], seed=seed,
-                                        encoder_loss_weight=pretrain["encoder_loss_weight"])
+                                        encoder_loss_weight=pretrain["encoder_loss_weight"], shards=pretrain["shards"])
         seconds = time.perf_counter() - tic
         staged = tmp / "final"
         build_tiny(staged, tmp / "tokenizer", config, seed=seed, weights=weights)

@@ -69,7 +69,7 @@ def _fill(ids: list[int], length: int, eos: int) -> list[int]:
 
 
 def pretrain(model, examples: list[Example], tokenizer, *, steps: int, batch_size: int, lr: float, seed: int,
-             encoder_loss_weight: float, warmup_steps: int = 10) -> tuple[dict[str, mx.array], list[dict]]:
+             encoder_loss_weight: float, shards: int = 1, warmup_steps: int = 10) -> tuple[dict[str, mx.array], list[dict]]:
     """Train every weight (frozen buffers aside); return (weights in MLX spelling, per-step history)."""
     mx.random.seed(seed)
     prepare_for_training(model, method="full")
@@ -77,7 +77,7 @@ def pretrain(model, examples: list[Example], tokenizer, *, steps: int, batch_siz
     pad = special_id(tokenizer, "<pad>")
     batches = BatchStream(examples, batch_size, pad, seed=seed)
     loss_fn = partial(diffusion_loss, encoder_loss_weight=encoder_loss_weight)
-    state = train(model, optimizer, loss_fn, batches, [], TrainArgs(steps=steps, seed=seed))
+    state = train(model, optimizer, loss_fn, batches, [], TrainArgs(steps=steps, seed=seed, shards=shards))
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     return weights, state.history

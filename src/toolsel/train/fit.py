@@ -63,7 +63,7 @@ def fit(data_dir: str | os.PathLike, model_dir: str | os.PathLike, out_dir: str 
     val = fixed_batches(valid_examples, hp["batch_size"], pad_id, hp["prompt_bucket"]) if valid_examples else []
     args = TrainArgs(steps=hp["steps"], grad_accum=hp["grad_accum"], grad_clip=hp["grad_clip"],
                      val_every=hp["val_every"], save_every=hp["save_every"], seed=hp["seed"],
-                     val_seed=hp["val_seed"], grad_checkpoint=hp["grad_checkpoint"])
+                     val_seed=hp["val_seed"], grad_checkpoint=hp["grad_checkpoint"], shards=hp["shards"])
 
     def on_checkpoint(st: TrainState) -> None:
         save_checkpoint(ckpt_dir, model, optimizer, {**st.to_dict(), "fingerprint": fp})

@@ -22,6 +22,7 @@ from toolsel.progress import bar
 from toolsel.train.batches import batch_tokens
 from toolsel.train.fast import use_fast_kernels
 from toolsel.train.optim import clip_gradients
+from toolsel.train.parallel import shard_over_streams
 
 
 @dataclass
@@ -34,7 +35,9 @@ class TrainArgs:
     seed: int = 0  # corruption keys and dropout
     val_seed: int = 0  # fixed corruption for validation, so curves compare across runs
     grad_checkpoint: bool = False  # recompute each layer in the backward pass
-    fast_kernels: bool = True  # GeGLU and soft-cap without scalar libm calls (toolsel.train.fast)
+    fast_kernels: bool = True  # vectorisable GeGLU, soft-cap and experts (toolsel.train.fast)
+    compile: bool = True  # one compiled graph per batch shape for the gradient step and the update
+    shards: int = 1  # row shards per micro-batch, run in parallel on CPU streams (toolsel.train.parallel)
 
 
 @dataclass
@@ -73,11 +76,16 @@ def evaluate(model, loss_fn, batches, seed: int) -> float:
 
 
 def accumulate_gradients(value_and_grad, batches, keys, count: int):
-    """Sum token-weighted gradients over `count` micro-batches, evaluating each at once (one micro-batch's peak).
+    """Token-weighted mean gradient over `count` micro-batches, evaluating each at once (one micro-batch's peak).
 
-    Returns (gradient sum, loss sum, tokens supervised, tokens processed); sum / tokens supervised is exactly the
-    gradient and loss of one big batch made of all the micro-batches.
+    Returns (gradient, loss sum, tokens supervised, tokens processed): the gradient and loss sum / tokens supervised
+    are exactly those of one big batch made of all the micro-batches.
     """
+    if count == 1:  # no weighting needed (and no two extra passes over every gradient)
+        batch = next(batches)
+        (loss, ntokens), grads = value_and_grad(batch, keys[0])
+        mx.eval(grads, loss)
+        return grads, loss.astype(mx.float32) * ntokens, int(ntokens), batch_tokens(batch)
     grad_sum, loss_sum, ntok, tokens = None, mx.array(0.0), 0, 0
     for micro in range(count):
         batch = next(batches)
@@ -87,7 +95,47 @@ def accumulate_gradients(value_and_grad, batches, keys, count: int):
         loss_sum = loss_sum + loss.astype(mx.float32) * ntokens
         ntok, tokens = ntok + int(ntokens), tokens + batch_tokens(batch)
         mx.eval(grad_sum, loss_sum)
-    return grad_sum, loss_sum, ntok, tokens
+    return tree_map(lambda g: g / ntok, grad_sum), loss_sum, ntok, tokens
+
+
+def make_value_and_grad(model, loss_fn: Callable, compiled: bool):
+    """(batch, key) -> ((loss, ntokens), gradients of the trainable parameters), optionally one compiled graph.
+
+    The compiled form takes the trainable parameters as an explicit input (compile needs a pure function) and the
+    global RNG state as implicit input and output (LoRA dropout draws from it), then gives the model its real
+    parameters back: tracing leaves placeholders in the module tree.
+    """
+    if not compiled:
+        return nn.value_and_grad(model, lambda batch, key: loss_fn(model, batch, key))
+
+    def loss_of(params, batch, key):
+        model.update(params)
+        return loss_fn(model, batch, key)
+
+    step = mx.compile(mx.value_and_grad(loss_of), inputs=[mx.random.state], outputs=[mx.random.state])
+
+    def value_and_grad(batch, key):
+        params = model.trainable_parameters()
+        try:
+            return step(params, batch, key)
+        finally:
+            model.update(params)
+
+    return value_and_grad
+
+
+def make_update(model, optimizer, grad_clip: float | None, compiled: bool):
+    """grads -> grad norm: clip, then one AdamW update in place (compiled: one fused pass over the weights)."""
+
+    def update(grads):
+        grads, grad_norm = clip_gradients(grads, grad_clip)
+        optimizer.update(model, grads)
+        return grad_norm
+
+    if not compiled:
+        return update
+    state = [model.state, optimizer.state]
+    return mx.compile(update, inputs=state, outputs=state)
 
 
 def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args: TrainArgs, *,
@@ -100,7 +148,13 @@ def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args:
     if args.fast_kernels:
         use_fast_kernels(model)
     model.train()
-    value_and_grad = nn.value_and_grad(model, lambda batch, key: loss_fn(model, batch, key))
+    if mx.default_device() == mx.cpu:
+        # mlx's CPU allocator caches only 32 MB of freed buffers by default; every larger activation then comes
+        # back from the OS as fresh pages the kernel must zero (~6% of a training step, measured with perf).
+        mx.set_cache_limit(max(mx.get_active_memory() * 2, 2 << 30))
+    optimizer.init(model.trainable_parameters())  # fills in missing moments only; compile must see the whole state
+    value_and_grad = make_value_and_grad(model, shard_over_streams(loss_fn, args.shards), args.compile)
+    update = make_update(model, optimizer, args.grad_clip, args.compile)
     rng = mx.array(state.rng, dtype=mx.uint32)
     progress = bar(total=args.steps, desc="train", unit="step")
     progress.update(state.step)
@@ -110,10 +164,9 @@ def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args:
         micro_keys = mx.random.split(step_key, max(args.grad_accum, 2))
         mx.random.seed(int(step_key[0].item()))
         tic = time.perf_counter()
-        grad_sum, loss_sum, ntok, tokens = accumulate_gradients(value_and_grad, train_batches, micro_keys,
-                                                                args.grad_accum)
-        grads, grad_norm = clip_gradients(tree_map(lambda g: g / ntok, grad_sum), args.grad_clip)
-        optimizer.update(model, grads)
+        grads, loss_sum, ntok, tokens = accumulate_gradients(value_and_grad, train_batches, micro_keys,
+                                                             args.grad_accum)
+        grad_norm = update(grads)
         mx.eval(model.trainable_parameters(), optimizer.state, grad_norm)
         seconds = time.perf_counter() - tic
         state.step, state.tokens = state.step + 1, state.tokens + tokens

@@ -1,0 +1,50 @@
+"""Routed experts as sgemm on tiles of one expert each, instead of one sgemv per (token, expert) pair.
+
+mlx-vlm's `Experts` sorts the (token, expert) pairs and calls `gather_mm` with one row per pair; on CPU that is a
+matrix-vector product per row, bound by reading the expert's weights again for every row. Here the sorted pairs
+are laid out in tiles of `block` rows, each tile holding one expert's rows (an expert's last tile is padded with a
+zero row), so each `gather_mm` batch element is a `block`-row matrix product. Shapes are static (the tile count
+is the worst case over any routing), so nothing synchronises or recompiles, and the weight gradient still goes
+through mlx's segmented matmul for sorted indices. Same function as mlx-vlm's; works for quantized experts too
+(the `SwitchLinear` layers are called as they are).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+
+def expert_tiles(top_k_indices: mx.array, num_experts: int, block: int):
+    """(row of each padded tile row's source token (n_tokens = the zero row), expert of each tile, padded row of
+    each (token, choice) pair in row-major order). All index arrays, no gradient."""
+    tokens, k = top_k_indices.shape
+    pairs = tokens * k
+    flat = mx.stop_gradient(top_k_indices).reshape(-1).astype(mx.uint32)
+    order = mx.argsort(flat)  # pairs sorted by expert
+    sorted_expert = flat[order]
+    counts = (flat[:, None] == mx.arange(num_experts, dtype=mx.uint32)[None]).astype(mx.uint32).sum(0)
+    padded = (counts + block - 1) // block * block
+    padded_end = mx.cumsum(padded)
+    first = mx.cumsum(counts) - counts  # each expert's first position in sorted order
+    slot = (padded_end - padded)[sorted_expert] + mx.arange(pairs, dtype=mx.uint32) - first[sorted_expert]
+    tiles = -(-(pairs + num_experts * (block - 1)) // block)
+    source = mx.full((tiles * block,), tokens, dtype=mx.uint32)
+    source = mx.put_along_axis(source, slot, (order // k).astype(mx.uint32), axis=0)
+    tile_start = mx.arange(tiles, dtype=mx.uint32)[:, None] * block
+    tile_expert = mx.minimum((tile_start >= padded_end[None]).astype(mx.uint32).sum(1), num_experts - 1)
+    pair_row = slot[mx.argsort(order)]
+    return mx.stop_gradient(source), mx.stop_gradient(tile_expert), mx.stop_gradient(pair_row)
+
+
+def blocked_experts(gate_up_proj, down_proj, activation, hidden_dims: int, x: mx.array, top_k_indices: mx.array,
+                    block: int = 32) -> mx.array:
+    """mlx-vlm `Experts.__call__(x [T, D], top_k_indices [T, k])` -> [T, k, D], computed tile by tile."""
+    tokens, k = top_k_indices.shape
+    num_experts = gate_up_proj["weight"].shape[0]
+    source, tile_expert, pair_row = expert_tiles(top_k_indices, num_experts, block)
+    padded_x = mx.concatenate([x, mx.zeros((1, x.shape[-1]), x.dtype)], axis=0)
+    tiles = padded_x[source].reshape(tile_expert.shape[0], block, x.shape[-1])
+    gate_up = gate_up_proj(tiles, tile_expert, sorted_indices=True)
+    gate, up = gate_up[..., :hidden_dims], gate_up[..., hidden_dims:]
+    y = down_proj(activation(up, gate), tile_expert, sorted_indices=True)
+    return y.reshape(-1, y.shape[-1])[pair_row].reshape(tokens, k, -1)

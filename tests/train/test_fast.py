@@ -1,0 +1,130 @@
+"""The CPU speed path computes the same functions: rational tanh, tiled experts, stream shards, compiled steps."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from toolsel.train.fast import tanh32, use_fast_kernels
+from toolsel.train.loop import make_value_and_grad
+from toolsel.train.lora import prepare_for_training
+from toolsel.train.moe import blocked_experts
+from toolsel.train.objective import diffusion_loss
+from toolsel.train.optim import clip_gradients
+from toolsel.train.parallel import shard_over_streams
+
+
+def _max_rel_diff(a: dict, b: dict) -> tuple[float, str]:
+    assert a.keys() == b.keys()
+    return max((mx.abs(a[k] - b[k]).max().item() / (mx.abs(a[k]).max().item() + 1e-12), k) for k in a)
+
+
+def test_rational_tanh_is_within_4e7_and_saturates_exactly():
+    xs = np.linspace(-30, 30, 600_001).astype(np.float32)
+    got = np.array(mx.compile(tanh32)(mx.array(xs)))
+    assert np.abs(got - np.tanh(xs.astype(np.float64))).max() < 4e-7
+    assert tanh32(mx.array([-9.0, 9.0, -1e30, float("inf")])).tolist() == [-1.0, 1.0, -1.0, 1.0]
+    assert tanh32(mx.array([0.0])).item() == 0.0
+
+
+@pytest.mark.parametrize("routing", ["random", "one_expert", "two_experts"])
+def test_tiled_experts_equal_mlx_vlm_experts(tiny_model_dir, load_tiny, routing):
+    """Output and every gradient (input and weights), including routings that leave experts empty or put every
+    token on one expert (its tiles then span many blocks)."""
+    model = load_tiny(tiny_model_dir)
+    experts = model.model.decoder.layers[1].experts
+    num = experts.gate_up_proj.weight.shape[0]
+    x = mx.random.normal((37, experts.gate_up_proj.weight.shape[-1]), key=mx.random.key(0))
+    if routing == "random":
+        idx = mx.argpartition(mx.random.normal((37, num), key=mx.random.key(1)), kth=-2, axis=-1)[:, -2:]
+    elif routing == "one_expert":
+        idx = mx.stack([mx.full((37,), num - 1), mx.zeros((37,))], axis=1).astype(mx.int32)
+    else:
+        idx = mx.stack([mx.full((37,), 2), mx.full((37,), 3)], axis=1).astype(mx.int32)
+
+    def tiled(ex, x):
+        return blocked_experts(ex.gate_up_proj, ex.down_proj, ex.activation, ex.hidden_dims, x, idx, block=8)
+
+    assert mx.abs(tiled(experts, x) - experts(x, idx)).max().item() < 1e-5
+    for fn in (lambda ex, x: experts(x, idx), tiled):
+        value_and_grad = nn.value_and_grad(experts, lambda x, fn=fn: (fn(experts, x) ** 2).sum())
+        _, grads = value_and_grad(x)
+        dx = mx.grad(lambda x, fn=fn: (fn(experts, x) ** 2).sum())(x)
+        mx.eval(grads, dx)
+        if fn is tiled:
+            assert _max_rel_diff(dict(tree_flatten(ref_grads)), dict(tree_flatten(grads)))[0] < 1e-4
+            assert mx.abs(dx - ref_dx).max().item() < 1e-4 * mx.abs(ref_dx).max().item()
+        ref_grads, ref_dx = grads, dx
+
+
+def test_tiled_experts_on_a_quantized_base(tiny_model_dir, load_tiny):
+    model = load_tiny(tiny_model_dir)
+    nn.quantize(model, group_size=32, bits=4, class_predicate=lambda p, m: hasattr(m, "to_quantized")
+                and "experts" in p)
+    experts = model.model.decoder.layers[0].experts
+    assert "scales" in experts.gate_up_proj
+    x = mx.random.normal((20, model.config.text_config.hidden_size), key=mx.random.key(2))
+    idx = mx.argpartition(mx.random.normal((20, 8), key=mx.random.key(3))[:, :experts.gate_up_proj["scales"].shape[0]],
+                          kth=-2, axis=-1)[:, -2:]
+    got = blocked_experts(experts.gate_up_proj, experts.down_proj, experts.activation, experts.hidden_dims, x, idx)
+    assert mx.abs(got - experts(x, idx)).max().item() < 1e-4
+
+
+def _grads(value_and_grad, batch, key):
+    (loss, _), grads = value_and_grad(batch, key)
+    mx.eval(loss, grads)
+    return loss.item(), dict(tree_flatten(grads))
+
+
+def test_shards_on_streams_equal_sequential_accumulation(tiny_model_dir, load_tiny, make_batch):
+    """Two shards on two CPU streams = the token-weighted mean of each shard's loss computed alone with its key."""
+    model = load_tiny(tiny_model_dir)
+    prepare_for_training(model, method="full")
+    batch, key = make_batch(model.config.text_config.vocab_size, batch=3), mx.random.key(5)
+    loss, grads = _grads(make_value_and_grad(model, shard_over_streams(diffusion_loss, 2), False), batch, key)
+    keys = mx.random.split(key, 2)
+    parts = [({k: v[:1] for k, v in batch.items()}, keys[0]), ({k: v[1:] for k, v in batch.items()}, keys[1])]
+    plain = make_value_and_grad(model, diffusion_loss, False)
+    total, expected = 0.0, None
+    for shard, k in parts:
+        shard_loss, shard_grads = _grads(plain, shard, k)
+        n = shard["canvas"].size
+        total += shard_loss * n
+        expected = {name: g * n + (expected[name] if expected else 0) for name, g in shard_grads.items()}
+    n_all = batch["canvas"].size
+    assert loss == pytest.approx(total / n_all, rel=1e-5)
+    assert _max_rel_diff({k: v / n_all for k, v in expected.items()}, grads)[0] < 1e-4
+    one_row = {k: v[:1] for k, v in batch.items()}  # fewer rows than shards: the loss of the row itself
+    assert _grads(make_value_and_grad(model, shard_over_streams(diffusion_loss, 2), False), one_row, key)[0] == \
+        pytest.approx(_grads(plain, one_row, key)[0], rel=1e-6)
+
+
+def test_compiled_step_equals_plain_and_restores_the_weights(tiny_model_dir, load_tiny, make_batch):
+    model = load_tiny(tiny_model_dir)
+    prepare_for_training(model, method="lora", rank=4, alpha=8, dropout=0.1)
+    use_fast_kernels(model)
+    model.train()
+    batch, key = make_batch(model.config.text_config.vocab_size), mx.random.key(7)
+    mx.random.seed(11)
+    loss_plain, plain = _grads(make_value_and_grad(model, diffusion_loss, False), batch, key)
+    compiled = make_value_and_grad(model, diffusion_loss, True)
+    mx.random.seed(11)  # the same dropout masks: the RNG state is an input of the compiled graph
+    loss_compiled, first = _grads(compiled, batch, key)
+    assert loss_compiled == pytest.approx(loss_plain, rel=1e-5)
+    assert _max_rel_diff(plain, first)[0] < 1e-3
+    _, second = _grads(compiled, batch, key)  # the RNG advanced: new dropout masks, different gradients
+    assert _max_rel_diff(first, second)[0] > 1e-3
+    mx.eval(model.parameters())  # no placeholder from the trace is left in the model
+
+
+def test_clip_gradients_matches_mlx():
+    grads = {"a": mx.random.normal((300, 200), key=mx.random.key(0)) * 3, "b": [mx.random.normal((7,))]}
+    for max_norm in (1.0, 1e6):
+        ours, norm = clip_gradients(grads, max_norm)
+        theirs, their_norm = optim.clip_grad_norm(grads, max_norm)
+        assert norm.item() == pytest.approx(their_norm.item(), rel=1e-5)
+        assert _max_rel_diff(dict(tree_flatten(theirs)), dict(tree_flatten(ours)))[0] < 1e-5

@@ -1,7 +1,7 @@
 """Eval decoding throughput: our batched sampler vs a loop over mlx-vlm's stock `generate`, same model and prompts.
 
 Ours: `toolsel.eval.decode.decode` (length buckets, left padding, one full canvas, many prompts per forward, finished
-canvases dropped from the batch). Peer: `mlx_vlm.generate(..., diffusion_full_canvas=True)` once per prompt with the
+canvases dropped from the batch, batches stepped in lockstep on parallel CPU streams). Peer: `mlx_vlm.generate(..., diffusion_full_canvas=True)` once per prompt with the
 same sampler settings and per-prompt seed, its default (uncompiled) path. Both run in this process, one after the
 other, after a warm-up each; outputs are compared prompt by prompt (text and denoising steps). The last line reads
 `speedup vs mlx-vlm generate: <x>` (samples/s, ours over stock).
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bucket", type=int, default=32)
+    parser.add_argument("--lanes", type=int, default=None, help="ours: batches decoded at once on parallel CPU streams "
+                        "(default: one per core, at most 4)")
     args = parser.parse_args()
 
     import mlx_vlm
@@ -98,14 +100,14 @@ def main() -> None:
         print(f"model: {source}")
         print(f"{len(ids)} prompts of {lengths[0]}-{lengths[-1]} tokens, canvas {ours.config.canvas_length}, "
               f"{args.sampler}, {args.steps} steps, temperature {args.temperature}; batch {args.batch_size}, "
-              f"buckets of {args.bucket}")
+              f"buckets of {args.bucket}, lanes {args.lanes or 'auto'}")
 
         decode(ours, ids[:2], seeds[:2], cfg, pad_id=tokenizer.pad_token_id)  # warm-up: lazy init, kernels
         stock_generate(stock, processor, ids[0], seeds[0], args)
 
         tic, cpu = time.perf_counter(), time.process_time()
         decoded = decode(ours, ids, seeds, cfg, pad_id=tokenizer.pad_token_id, batch_size=args.batch_size,
-                         bucket=args.bucket)
+                         bucket=args.bucket, lanes=args.lanes)
         ours_s, ours_cpu = time.perf_counter() - tic, time.process_time() - cpu
         tic, cpu = time.perf_counter(), time.process_time()
         stock_out = [stock_generate(stock, processor, p, s, args) for p, s in zip(ids, seeds)]

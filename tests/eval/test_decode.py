@@ -155,6 +155,17 @@ def test_early_stop_of_one_example_does_not_change_the_others(dirs, prompts):
     assert shuffled[::-1] == together
 
 
+def test_concurrent_lanes_decode_exactly_what_one_lane_does(dirs, prompts):
+    from toolsel.model.load import load_model
+
+    model, _ = load_model(dirs["converging"])
+    cfg = D.SamplerConfig(steps=STEPS, stop_entropy=0.3)
+    seeds = list(range(len(prompts)))
+    one = D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=1)
+    assert D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=3) == one
+    assert len({d.steps for d in one}) > 1  # lanes that stop at different steps
+
+
 class ScriptedDenoiser:
     """Fixed raw logits every step; records what the sampler feeds back in."""
 

@@ -4,6 +4,7 @@ Many prompts per forward: prompts are grouped into length buckets (multiples of 
 key mask (RoPE is relative, so left padding is exact up to fp32 rounding, ~1e-5 on the logits), and decoded on one
 fixed full canvas; canvases that stop leave the batch. The decoder runs eagerly (on CPU `mx.compile` measured no
 faster), so no prompt shape is ever compiled; bucketing keeps the distinct shapes few for a compiled or GPU path.
+On a CPU several batches ("lanes") step in lockstep, each on its own MLX stream (thread), with one evaluation per step.
 
 The sampler follows mlx-vlm 0.7.10 `generate/diffusion.py::stream_diffusion_generate` step for step (which follows
 transformers' `DiffusionGemmaGenerationMixin.generate`): a random start canvas; at remaining step n of N the logits are
@@ -22,6 +23,8 @@ token for token, and one example's early stop cannot change another example's dr
 from __future__ import annotations
 
 import hashlib
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -132,58 +135,103 @@ class Denoiser(Protocol):
     def select(self, rows: mx.array) -> "Denoiser": ...
 
 
+class _Lane:
+    """One batch of canvases being denoised: the sampler's state between steps, and the two halves of a step (build
+    the step's graph; read its results on the host), so several lanes can share one evaluation per step."""
+
+    def __init__(self, denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
+                 vocab_size: int, stream=None):
+        self.denoiser, self.streams, self.cfg, self.stream = denoiser, streams, cfg, stream
+        self.canvas_length, self.vocab_size = canvas_length, vocab_size
+        with self.context():
+            self.canvas = streams.randint(vocab_size, canvas_length)
+            batch = self.canvas.shape[0]
+            self.revealed, self.draft = mx.zeros(self.canvas.shape, dtype=mx.bool_), self.canvas
+        self.rows = np.arange(batch)  # original row of each still-active row
+        self.answer = np.zeros((batch, canvas_length), dtype=np.int64)
+        self.steps = np.zeros(batch, dtype=np.int64)
+        self.self_cond, self.history, self.active = None, [], True
+
+    def context(self):
+        return mx.stream(self.stream) if self.stream is not None else nullcontext()
+
+    def build(self, remaining: int) -> list:
+        """The step's graph (nothing evaluated); returns the arrays to evaluate."""
+        cfg, streams = self.cfg, self.streams
+        self.steps[self.rows] += 1
+        processed = self.denoiser.logits(self.canvas, self.self_cond) / cfg.schedule(remaining)
+        self.processed, self.argmax = processed, mx.argmax(processed, axis=-1).astype(mx.int32)
+        if remaining == 1:
+            return [self.argmax]
+        proposal = self.argmax if cfg.temperature <= 0 else _sample(streams, processed, cfg.temperature)
+        noise = streams.randint(self.vocab_size, self.canvas_length)
+        self.entropy = None
+        if cfg.sampler == "entropy-bound":
+            self.entropy = token_entropy(processed)
+            accept = entropy_bound_mask(self.entropy, cfg.entropy_bound)
+            self.canvas = mx.where(accept, proposal, noise)
+            self.done = mx.zeros((len(self.rows),), dtype=mx.bool_)
+        else:
+            accept = confidence_mask(token_probability(processed, proposal), ~self.revealed, cfg.confidence_threshold)
+            accepted = mx.where(accept, proposal, self.draft)
+            self.canvas = mx.where(self.revealed | accept, accepted, noise)
+            self.revealed, self.draft = self.revealed | accept, mx.where(accept, accepted, self.draft)
+            self.done = mx.all(self.revealed, axis=-1)
+        self.stable = _stable(self.argmax, self.history, cfg.stability_threshold)
+        return [self.argmax, self.canvas, self.done, self.stable, self.revealed, self.draft, streams.state]
+
+    def finish(self, remaining: int) -> None:
+        """After the step's evaluation: record the answer, stop and drop finished rows, prepare the next step."""
+        self.answer[self.rows] = np.array(self.argmax)  # the answer is the argmax, never the renoised canvas
+        if remaining == 1:
+            self.active = False
+            return
+        stop, stable = np.array(self.done), np.array(self.stable)
+        if stable.any():  # like the reference, pay for the entropy test only when some canvas is stable
+            entropy = token_entropy(self.processed) if self.entropy is None else self.entropy
+            stop |= stable & np.array(mx.mean(entropy, axis=-1) < self.cfg.stop_entropy)
+        if stop.all():
+            self.active = False
+            return
+        processed = self.processed
+        if stop.any():
+            keep = mx.array(np.flatnonzero(~stop))
+            self.rows = self.rows[~stop]
+            self.canvas, processed = self.canvas[keep], processed[keep]
+            self.revealed, self.draft = self.revealed[keep], self.draft[keep]
+            self.history = [h[keep] for h in self.history]
+            self.streams.state = self.streams.state[keep]
+            self.denoiser = self.denoiser.select(keep)
+        self.self_cond = self.denoiser.self_conditioning(processed)
+
+
+def denoise_lanes(lanes: Sequence[_Lane]) -> None:
+    """Step every lane in lockstep, one evaluation per step for all of them: lanes on different CPU streams run in
+    parallel (MLX runs each stream on its own thread), and each lane computes exactly what it would alone."""
+    steps = lanes[0].cfg.steps
+    for remaining in range(steps, 0, -1):
+        live = [lane for lane in lanes if lane.active]
+        if not live:
+            return
+        outputs = []
+        for lane in live:
+            with lane.context():
+                outputs.extend(lane.build(remaining))
+        mx.eval(outputs)
+        for lane in live:
+            with lane.context():
+                lane.finish(remaining)
+
+
 def denoise(denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
             vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Denoise one canvas per row; returns (final argmax canvas [B, C], forward passes used per row).
 
     Rows that stop are dropped from the batch (every op is per row, so the others compute exactly the same).
     """
-    canvas = streams.randint(vocab_size, canvas_length)
-    batch = canvas.shape[0]
-    rows = np.arange(batch)  # original row of each still-active row
-    answer = np.zeros((batch, canvas_length), dtype=np.int64)
-    steps = np.zeros(batch, dtype=np.int64)
-    self_cond, history = None, []
-    revealed, draft = mx.zeros(canvas.shape, dtype=mx.bool_), canvas
-    for remaining in range(cfg.steps, 0, -1):
-        steps[rows] += 1
-        processed = denoiser.logits(canvas, self_cond) / cfg.schedule(remaining)
-        argmax = mx.argmax(processed, axis=-1).astype(mx.int32)
-        if remaining == 1:
-            answer[rows] = np.array(argmax)
-            break
-        proposal = argmax if cfg.temperature <= 0 else _sample(streams, processed, cfg.temperature)
-        noise = streams.randint(vocab_size, canvas_length)
-        entropy = None
-        if cfg.sampler == "entropy-bound":
-            entropy = token_entropy(processed)
-            accept = entropy_bound_mask(entropy, cfg.entropy_bound)
-            canvas = mx.where(accept, proposal, noise)
-            done = mx.zeros((len(rows),), dtype=mx.bool_)
-        else:
-            accept = confidence_mask(token_probability(processed, proposal), ~revealed, cfg.confidence_threshold)
-            accepted = mx.where(accept, proposal, draft)
-            canvas = mx.where(revealed | accept, accepted, noise)
-            revealed, draft = revealed | accept, mx.where(accept, accepted, draft)
-            done = mx.all(revealed, axis=-1)
-        stable = _stable(argmax, history, cfg.stability_threshold)
-        mx.eval(argmax, canvas, done, stable, revealed, draft, streams.state)
-        answer[rows] = np.array(argmax)  # the answer is the argmax, never the renoised canvas
-        stop, stable = np.array(done), np.array(stable)
-        if stable.any():  # like the reference, pay for the entropy test only when some canvas is stable
-            entropy = token_entropy(processed) if entropy is None else entropy
-            stop |= stable & np.array(mx.mean(entropy, axis=-1) < cfg.stop_entropy)
-        if stop.all():
-            break
-        if stop.any():
-            keep = mx.array(np.flatnonzero(~stop))
-            rows = rows[~stop]
-            canvas, processed, revealed, draft = canvas[keep], processed[keep], revealed[keep], draft[keep]
-            history = [h[keep] for h in history]
-            streams.state = streams.state[keep]
-            denoiser = denoiser.select(keep)
-        self_cond = denoiser.self_conditioning(processed)
-    return answer, steps
+    lane = _Lane(denoiser, streams, cfg, canvas_length, vocab_size)
+    denoise_lanes([lane])
+    return lane.answer, lane.steps
 
 
 def _sample(streams: KeyStreams, processed: mx.array, temperature: float) -> mx.array:
@@ -271,28 +319,53 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tupl
     return mx.array(ids), (None if mask.all() else mx.array(mask))
 
 
+def start_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *, pad_id: int,
+                length: int | None = None, stream=None) -> _Lane:
+    """Left-pad to `length` (default: the longest prompt), prefill the encoder, and set up the batch's canvases."""
+    length = length or max(len(p) for p in prompts)
+    ids, mask = left_pad(prompts, length, pad_id)
+    with mx.stream(stream) if stream is not None else nullcontext():
+        cache = model.diffusion_prefill_cache(ids, attention_mask=mask, cache=model.make_cache(), pixel_values=None,
+                                              mm_token_type_ids=None, prefill_step_size=None, chunk_prefill=False)
+        canvas_length = int(model.config.canvas_length)
+        decoder_mask = None if mask is None else mx.concatenate(
+            [mask, mx.ones((len(prompts), canvas_length), dtype=mx.bool_)], axis=-1)
+        masks = model.diffusion_decoder_masks(mx.zeros((len(prompts), canvas_length), dtype=mx.int32), cache,
+                                              decoder_mask)
+        return _Lane(ModelDenoiser(model, cache, masks), KeyStreams(seeds), cfg, canvas_length,
+                     int(model.config.text_config.vocab_size), stream)
+
+
 def decode_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *,
                  pad_id: int, length: int | None = None) -> list[Decoded]:
     """Decode one batch: left-pad to `length` (default: the longest prompt), prefill, denoise one full canvas."""
-    length = length or max(len(p) for p in prompts)
-    ids, mask = left_pad(prompts, length, pad_id)
-    cache = model.diffusion_prefill_cache(ids, attention_mask=mask, cache=model.make_cache(), pixel_values=None,
-                                          mm_token_type_ids=None, prefill_step_size=None, chunk_prefill=False)
-    canvas_length = int(model.config.canvas_length)
-    decoder_mask = None if mask is None else mx.concatenate(
-        [mask, mx.ones((len(prompts), canvas_length), dtype=mx.bool_)], axis=-1)
-    masks = model.diffusion_decoder_masks(mx.zeros((len(prompts), canvas_length), dtype=mx.int32), cache,
-                                          decoder_mask)
-    answer, steps = denoise(ModelDenoiser(model, cache, masks), KeyStreams(seeds), cfg, canvas_length,
-                            int(model.config.text_config.vocab_size))
-    return [Decoded(tokens=row, steps=int(n)) for row, n in zip(answer.tolist(), steps.tolist())]
+    lane = start_batch(model, prompts, seeds, cfg, pad_id=pad_id, length=length)
+    denoise_lanes([lane])
+    return [Decoded(tokens=row, steps=int(n)) for row, n in zip(lane.answer.tolist(), lane.steps.tolist())]
+
+
+_CPU_STREAMS: list = []
+
+
+def lane_streams(count: int | None) -> list:
+    """`count` CPU streams for concurrent batches (default: one per core, at most 4), made once per process (each
+    is a thread); [None] off the CPU, where one queue runs everything anyway."""
+    count = max(1, min(os.cpu_count() or 1, 4)) if count is None else count
+    if count <= 1 or mx.default_device() != mx.cpu:
+        return [None]
+    while len(_CPU_STREAMS) < count:
+        _CPU_STREAMS.append(mx.new_stream(mx.cpu))
+    return _CPU_STREAMS[:count]
 
 
 def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *, pad_id: int,
-           batch_size: int = 16, bucket: int = 32,
+           batch_size: int = 16, bucket: int = 32, lanes: int | None = None,
            on_batch: Callable[[int], None] | None = None) -> list[Decoded]:
     """Decode every prompt (token ids incl. <bos>) with its own seed; results in input order.
 
+    On a CPU, `lanes` batches (default: one per core, at most 4) are denoised at once on as many streams (threads):
+    MLX's CPU kernels are single-threaded, so this is what uses more than one core. Each batch computes exactly what
+    it computes alone, so the results do not depend on `lanes` (tested).
     `on_batch(n)` is called after each batch with the number of prompts it decoded (progress bars).
     """
     if len(prompts) != len(seeds):
@@ -300,14 +373,19 @@ def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: S
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least its <bos> token")
     results: list[Decoded | None] = [None] * len(prompts)
-    for batch in plan_batches([len(p) for p in prompts], batch_size, bucket):
-        length = bucket_length(len(prompts[batch[0]]), bucket)
-        decoded = decode_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg,
-                               pad_id=pad_id, length=length)
-        for i, result in zip(batch, decoded):
-            results[i] = result
-        if on_batch is not None:
-            on_batch(len(batch))
+    streams = lane_streams(lanes)
+    plan = plan_batches([len(p) for p in prompts], batch_size, bucket)
+    for first in range(0, len(plan), len(streams)):
+        group = plan[first:first + len(streams)]
+        started = [start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
+                               length=bucket_length(len(prompts[batch[0]]), bucket), stream=stream)
+                   for batch, stream in zip(group, streams)]
+        denoise_lanes(started)
+        for batch, lane in zip(group, started):
+            for i, row, n in zip(batch, lane.answer.tolist(), lane.steps.tolist()):
+                results[i] = Decoded(tokens=row, steps=int(n))
+            if on_batch is not None:
+                on_batch(len(batch))
     return results  # type: ignore[return-value]
 
 

@@ -12,8 +12,9 @@ self-conditioning) and for the vocabulary soft-cap. Here:
   forward (autodiff through the rational function would be ~30 elementwise ops).
 - The routed experts run as `toolsel.train.moe.blocked_experts` (sgemm on tiles of one expert, not sgemv per token).
 
-These pay off when the training step is compiled (`toolsel.train.loop` compiles it): the fused kernels only exist
-inside `mx.compile`. tests/train/test_loop.py checks loss and every gradient against mlx-vlm's own kernels.
+The forward and backward bodies are compiled functions, so they run as fused loops in inference too (the eval
+stage uses them); training compiles the whole step (`toolsel.train.loop`). tests/train/test_loop.py and
+tests/train/test_fast.py check loss and every gradient against mlx-vlm's own kernels.
 The model code itself is untouched: the patch swaps the class of this model's MLP, self-conditioning, GeGLU and
 Experts modules for a subclass with a new `__call__`, and its `_softcap` (per instance; other models in the process
 are unaffected).
@@ -56,32 +57,42 @@ def _gelu_tanh(gate):
     return tanh32(_SQRT_2_OVER_PI * (gate + _GELU_CUBIC * (gate * gate * gate)))
 
 
-@mx.custom_function
-def geglu(gate, x):
-    """gelu_approx(gate) * x, i.e. 0.5*g*(1 + tanh(c*(g + 0.044715 g^3))) * x."""
+@mx.compile
+def _geglu_forward(gate, x):
     return 0.5 * gate * (1 + _gelu_tanh(gate)) * x
 
 
-@geglu.vjp
-def _geglu_vjp(primals, cotangent, output):
-    gate, x = primals
+@mx.compile
+def _geglu_backward(gate, x, cotangent):
     t = _gelu_tanh(gate)
     slope = 0.5 * (1 + t) + 0.5 * gate * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * gate * gate)
     return cotangent * x * slope, cotangent * 0.5 * gate * (1 + t)
 
 
+@mx.custom_function
+def geglu(gate, x):
+    """gelu_approx(gate) * x, i.e. 0.5*g*(1 + tanh(c*(g + 0.044715 g^3))) * x."""
+    return _geglu_forward(gate, x)
+
+
+@geglu.vjp
+def _geglu_vjp(primals, cotangent, output):
+    return _geglu_backward(*primals, cotangent)
+
+
 def softcap(cap: float):
     """tanh(x / cap) * cap in float32, as mlx-vlm's `make_compiled_softcap`."""
+    forward = mx.compile(lambda x: tanh32(x.astype(mx.float32) * (1 / cap)) * cap)
+    backward = mx.compile(lambda x, cotangent: cotangent * (1 - tanh32(x.astype(mx.float32) * (1 / cap)) ** 2))
 
     @mx.custom_function
     def capped(x):
-        return tanh32(x.astype(mx.float32) * (1 / cap)) * cap
+        return forward(x)
 
     @capped.vjp
     def _capped_vjp(primals, cotangent, output):
         x = primals[0] if isinstance(primals, (list, tuple)) else primals
-        t = tanh32(x.astype(mx.float32) * (1 / cap))
-        return (cotangent * (1 - t * t)).astype(x.dtype)
+        return backward(x, cotangent).astype(x.dtype)
 
     return capped
 

@@ -12,7 +12,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-BFS_MAX_WIDTH = "4096"
 _MARK = "TOOLSEL_BLAS"  # set after the re-exec, holding the preloaded library (or "none")
 _OPENBLAS = [
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -42,8 +41,6 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
         # MKL's own threads fight MLX's CPU threads (measured: 10-100x stalls); one each is the safe default.
         env.setdefault("MKL_NUM_THREADS", "1")
         env.setdefault("OMP_NUM_THREADS", "1")
-    # toolsel.train.parallel: let MLX queue the ops of parallel CPU streams side by side (read once, at first eval).
-    env.setdefault("MLX_BFS_MAX_WIDTH", BFS_MAX_WIDTH)
     return env
 
 

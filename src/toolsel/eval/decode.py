@@ -33,6 +33,8 @@ import numpy as np
 from mlx_vlm.models.diffusion_gemma.language import _cache_offset, _cache_state
 from mlx_vlm.sample_utils import clamp_temperature
 
+from toolsel.streams import cpu_streams
+
 SAMPLERS = ("entropy-bound", "confidence")
 
 
@@ -344,18 +346,13 @@ def decode_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
     return [Decoded(tokens=row, steps=int(n)) for row, n in zip(lane.answer.tolist(), lane.steps.tolist())]
 
 
-_CPU_STREAMS: list = []
-
-
 def lane_streams(count: int | None) -> list:
-    """`count` CPU streams for concurrent batches (default: one per core, at most 4), made once per process (each
-    is a thread); [None] off the CPU, where one queue runs everything anyway."""
+    """`count` CPU streams for concurrent batches (default: one per core, at most 4); [None] off the CPU, where one
+    queue runs everything anyway."""
     count = max(1, min(os.cpu_count() or 1, 4)) if count is None else count
     if count <= 1 or mx.default_device() != mx.cpu:
         return [None]
-    while len(_CPU_STREAMS) < count:
-        _CPU_STREAMS.append(mx.new_stream(mx.cpu))
-    return _CPU_STREAMS[:count]
+    return cpu_streams(count)
 
 
 def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *, pad_id: int,

@@ -6,32 +6,17 @@ more than one core: MLX's CPU kernels are single-threaded, and MKL runs with one
 is the token-weighted mean over the shards, each with its own key: exactly gradient accumulation over the shards.
 The shard count is a training param, not a machine property, so results do not depend on the machine's core count;
 on a GPU the shards run one after another on its stream (same arithmetic, no parallelism needed).
-
-MLX's scheduler walks the graph breadth-first only up to `MLX_BFS_MAX_WIDTH` nodes wide (default 20) and otherwise
-depth-first, which queues one shard's ops long before the other's (measured: no speed-up at all). MLX reads it once,
-at its first evaluation: `toolsel` and `python -m toolsel.blas` set it before the process starts (toolsel.blas), and
-importing this module sets it for anything that imports it before evaluating.
+(toolsel.streams explains the threads and the scheduler setting this needs.)
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from typing import Callable
 
 import mlx.core as mx
 
-from toolsel.blas import BFS_MAX_WIDTH
-
-os.environ.setdefault("MLX_BFS_MAX_WIDTH", BFS_MAX_WIDTH)
-_STREAMS: dict[int, list] = {}
-
-
-def cpu_streams(count: int) -> list:
-    """`count` CPU streams, made once per process (a stream is a thread; new ones per call would pile up)."""
-    if count not in _STREAMS:
-        _STREAMS[count] = [mx.new_stream(mx.cpu) for _ in range(count)]
-    return _STREAMS[count]
+from toolsel.streams import cpu_streams
 
 
 def shard_over_streams(loss_fn: Callable, count: int) -> Callable:

@@ -136,3 +136,26 @@ def test_full_finetune_saves_a_loadable_model_dir(tiny_model_dir, load_tiny, mak
     assert mx.allclose(_logits(loaded, data[0]), _logits(model, data[0]), atol=1e-5).item()
     base, _ = load(str(tiny_model_dir))
     assert mx.abs(_logits(base, data[0]) - _logits(model, data[0])).max().item() > 1e-4
+
+
+def test_full_finetune_on_a_4bit_base_trains_every_weight_and_reloads(tiny_model_dir, load_tiny, make_batch,
+                                                                      tmp_path):
+    from mlx_vlm import load
+
+    from toolsel.model.tiny import quantize_tiny
+
+    qdir = quantize_tiny(tiny_model_dir, tmp_path / "q4", bits=4, group_size=64)
+    model = load_tiny(qdir)
+    prepare_for_training(model, method="full")
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    assert not [k for k in trainable if k.endswith(("scales", "biases"))]  # nothing left quantized
+    assert "model.decoder.layers.0.experts.gate_up_proj.weight" in trainable  # experts train too
+    vocab = model.config.text_config.vocab_size
+    data = [make_batch(vocab, seed=i) for i in range(2)]
+    train(model, build_optimizer(lr=1e-3, lr_min=1e-4, warmup_steps=1, total_steps=1), diffusion_loss,
+          iter(data), [], TrainArgs(steps=1))
+    out = save_trained(model, tmp_path / "full", qdir)
+    assert "quantization" not in json.loads((out / "config.json").read_text())
+    loaded, _ = load(str(out))
+    model.eval()
+    assert mx.allclose(_logits(loaded, data[0]), _logits(model, data[0]), atol=1e-5).item()

@@ -69,7 +69,9 @@ def prepare_for_training(model, *, method: str = "lora", rank: int = 16, alpha: 
                          dropout: float = 0.0, targets=DEFAULT_TARGETS):
     """Freeze the base and wrap the targets in LoRA (`lora`), or make every weight trainable (`full`).
 
-    A quantized base stays quantized under LoRA (QLoRA); `full` dequantizes it first (mlx-vlm's rule).
+    A quantized base stays quantized under LoRA (QLoRA); `full` dequantizes every layer first, the routed experts
+    included (mlx-vlm's own full set-up leaves quantized experts frozen and quantized, and its saved weights could
+    not be loaded back).
     Experts, router, embeddings and self-conditioning stay frozen under LoRA. Seed `mx.random` first: the
     LoRA `A` matrices are drawn from it.
     """
@@ -78,6 +80,9 @@ def prepare_for_training(model, *, method: str = "lora", rank: int = 16, alpha: 
     if method not in METHODS:
         raise ValueError(f"train.method must be one of {METHODS}, got {method!r}")
     if method == "full":
+        from toolsel.model.fuse import dequantize_all
+
+        dequantize_all(model)
         prepare_model_for_training(model, train_type="full", verbose=False)
         freeze_buffers(model)
         return model

@@ -29,6 +29,19 @@ def test_rational_tanh_is_within_4e7_and_saturates_exactly():
     assert np.abs(got - np.tanh(xs.astype(np.float64))).max() < 4e-7
     assert tanh32(mx.array([-9.0, 9.0, -1e30, float("inf")])).tolist() == [-1.0, 1.0, -1.0, 1.0]
     assert tanh32(mx.array([0.0])).item() == 0.0
+    assert np.isnan(tanh32(mx.array([float("nan")])).item())  # a diverged run must not report a finite loss
+
+
+def test_geglu_gradient_in_bf16_stays_close_to_float32():
+    """The real 4-bit model runs in bf16: the tanh must not be evaluated in bf16 (it overshoots |t| = 1 there)."""
+    from toolsel.train.fast import geglu
+
+    gate = mx.linspace(-8, 8, 4001)
+    x = mx.ones_like(gate)
+    truth = mx.grad(lambda g: (nn.gelu_approx(g) * x).sum())(gate)
+    ours = mx.grad(lambda g: (geglu(g, x.astype(mx.bfloat16)).astype(mx.float32)).sum())(gate.astype(mx.bfloat16))
+    assert ours.dtype == mx.bfloat16
+    assert mx.abs(ours.astype(mx.float32) - truth).max().item() < 0.02
 
 
 @pytest.mark.parametrize("routing", ["random", "one_expert", "two_experts"])

@@ -50,23 +50,29 @@ def tanh32(x: mx.array) -> mx.array:
     p = (a[0] + a[1] * y) + y2 * (a[2] + a[3] * y) + (y2 * y2) * ((a[4] + a[5] * y) + y2 * a[6])
     q = (b[0] + b[1] * y) + y2 * (b[2] + b[3] * y)
     # Saturate to exactly +-1 (as float32 tanh does from ~9): 1 + tanh must reach 0 in the GeGLU's far left tail.
-    return mx.where(c == x, c * p / q, mx.sign(x))
+    # (Compared so that a NaN input stays NaN: a diverged run must not report a finite loss.)
+    return mx.where(mx.abs(x) > _CLAMP, mx.sign(x), c * p / q)
 
 
 def _gelu_tanh(gate):
     return tanh32(_SQRT_2_OVER_PI * (gate + _GELU_CUBIC * (gate * gate * gate)))
 
 
+# In float32 whatever the input dtype (the real 4-bit model computes in bf16): the rational tanh evaluated in bf16
+# overshoots |t| = 1, and the GeGLU slope near saturation would be off by O(1).
 @mx.compile
 def _geglu_forward(gate, x):
-    return 0.5 * gate * (1 + _gelu_tanh(gate)) * x
+    out = mx.result_type(gate, x)
+    g = gate.astype(mx.float32)
+    return (0.5 * g * (1 + _gelu_tanh(g)) * x.astype(mx.float32)).astype(out)
 
 
 @mx.compile
 def _geglu_backward(gate, x, cotangent):
-    t = _gelu_tanh(gate)
-    slope = 0.5 * (1 + t) + 0.5 * gate * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * gate * gate)
-    return cotangent * x * slope, cotangent * 0.5 * gate * (1 + t)
+    g, x32, c = gate.astype(mx.float32), x.astype(mx.float32), cotangent.astype(mx.float32)
+    t = _gelu_tanh(g)
+    slope = 0.5 * (1 + t) + 0.5 * g * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * g * g)
+    return (c * x32 * slope).astype(gate.dtype), (c * 0.5 * g * (1 + t)).astype(x.dtype)
 
 
 @mx.custom_function

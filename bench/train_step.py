@@ -158,7 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         write_model(model_dir)
-        extra = ["--method", args.method, "--shards", str(args.shards)] + (["--grad-checkpoint"] if args.grad_checkpoint else [])
+        extra = ["--method", args.method, "--shards", str(args.shards)]
+        extra += ["--grad-checkpoint"] if args.grad_checkpoint else []
         # Alternate the two sides for a few rounds and keep each side's best: other load on a shared machine
         # only ever slows a round down.
         rounds = [(side("mlx", model_dir, args, extra), side("torch", model_dir, args)) for _ in range(args.rounds)]

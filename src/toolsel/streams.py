@@ -13,6 +13,7 @@ would only keep more arrays alive).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import mlx.core as mx
 
@@ -28,3 +29,8 @@ def cpu_streams(count: int) -> list:
     while len(_STREAMS) < count:
         _STREAMS.append(mx.new_stream(mx.cpu))
     return _STREAMS[:count]
+
+
+def on_stream(stream):
+    """A context that makes `stream` the default (None: leave the default stream as it is)."""
+    return mx.stream(stream) if stream is not None else nullcontext()

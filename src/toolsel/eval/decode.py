@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -33,7 +32,7 @@ import numpy as np
 from mlx_vlm.models.diffusion_gemma.language import _cache_offset, _cache_state
 from mlx_vlm.sample_utils import clamp_temperature
 
-from toolsel.streams import cpu_streams
+from toolsel.streams import cpu_streams, on_stream
 
 SAMPLERS = ("entropy-bound", "confidence")
 
@@ -145,7 +144,7 @@ class _Lane:
                  vocab_size: int, stream=None):
         self.denoiser, self.streams, self.cfg, self.stream = denoiser, streams, cfg, stream
         self.canvas_length, self.vocab_size = canvas_length, vocab_size
-        with self.context():
+        with on_stream(stream):
             self.canvas = streams.randint(vocab_size, canvas_length)
             batch = self.canvas.shape[0]
             self.revealed, self.draft = mx.zeros(self.canvas.shape, dtype=mx.bool_), self.canvas
@@ -153,9 +152,6 @@ class _Lane:
         self.answer = np.zeros((batch, canvas_length), dtype=np.int64)
         self.steps = np.zeros(batch, dtype=np.int64)
         self.self_cond, self.history, self.active = None, [], True
-
-    def context(self):
-        return mx.stream(self.stream) if self.stream is not None else nullcontext()
 
     def build(self, remaining: int) -> list:
         """The step's graph (nothing evaluated); returns the arrays to evaluate."""
@@ -217,11 +213,11 @@ def denoise_lanes(lanes: Sequence[_Lane]) -> None:
             return
         outputs = []
         for lane in live:
-            with lane.context():
+            with on_stream(lane.stream):
                 outputs.extend(lane.build(remaining))
         mx.eval(outputs)
         for lane in live:
-            with lane.context():
+            with on_stream(lane.stream):
                 lane.finish(remaining)
 
 
@@ -326,7 +322,7 @@ def start_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], c
     """Left-pad to `length` (default: the longest prompt), prefill the encoder, and set up the batch's canvases."""
     length = length or max(len(p) for p in prompts)
     ids, mask = left_pad(prompts, length, pad_id)
-    with mx.stream(stream) if stream is not None else nullcontext():
+    with on_stream(stream):
         cache = model.diffusion_prefill_cache(ids, attention_mask=mask, cache=model.make_cache(), pixel_values=None,
                                               mm_token_type_ids=None, prefill_step_size=None, chunk_prefill=False)
         canvas_length = int(model.config.canvas_length)
@@ -336,14 +332,6 @@ def start_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], c
                                               decoder_mask)
         return _Lane(ModelDenoiser(model, cache, masks), KeyStreams(seeds), cfg, canvas_length,
                      int(model.config.text_config.vocab_size), stream)
-
-
-def decode_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *,
-                 pad_id: int, length: int | None = None) -> list[Decoded]:
-    """Decode one batch: left-pad to `length` (default: the longest prompt), prefill, denoise one full canvas."""
-    lane = start_batch(model, prompts, seeds, cfg, pad_id=pad_id, length=length)
-    denoise_lanes([lane])
-    return [Decoded(tokens=row, steps=int(n)) for row, n in zip(lane.answer.tolist(), lane.steps.tolist())]
 
 
 def lane_streams(count: int | None) -> list:

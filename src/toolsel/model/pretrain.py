@@ -69,7 +69,8 @@ def _fill(ids: list[int], length: int, eos: int) -> list[int]:
 
 
 def pretrain(model, examples: list[Example], tokenizer, *, steps: int, batch_size: int, lr: float, seed: int,
-             encoder_loss_weight: float, shards: int = 1, warmup_steps: int = 10) -> tuple[dict[str, mx.array], list[dict]]:
+             encoder_loss_weight: float, shards: int = 1,
+             warmup_steps: int = 10) -> tuple[dict[str, mx.array], list[dict]]:
     """Train every weight (frozen buffers aside); return (weights in MLX spelling, per-step history)."""
     mx.random.seed(seed)
     prepare_for_training(model, method="full")

@@ -11,12 +11,11 @@ on a GPU the shards run one after another on its stream (same arithmetic, no par
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import mlx.core as mx
 
-from toolsel.streams import cpu_streams
+from toolsel.streams import cpu_streams, on_stream
 
 
 def shard_over_streams(loss_fn: Callable, count: int) -> Callable:
@@ -36,7 +35,7 @@ def shard_over_streams(loss_fn: Callable, count: int) -> Callable:
         on_cpu = mx.default_device() == mx.cpu
         streams = cpu_streams(shards) if on_cpu else [None] * shards
         for i, stream in enumerate(streams):
-            with mx.stream(stream) if stream is not None else nullcontext():
+            with on_stream(stream):
                 shard = {name: value[bounds[i]:bounds[i + 1]] for name, value in batch.items()}
                 loss, count_i = loss_fn(model, shard, keys[i])
                 total = total + loss.astype(mx.float32) * count_i

@@ -146,10 +146,14 @@ def test_model_systems_wiring_with_seeds(workspace, monkeypatch):
 
     monkeypatch.setattr(run, "decode_system", fake_decode)
     params = YAML(typ="safe", pure=True).load((workspace / "params.yaml").read_text())
-    params["eval"].update(temperature=0.7, seeds=[0, 1])
-    with open(workspace / "sampled.yaml", "w") as handle:
-        YAML(typ="safe", pure=True).dump(params, handle)
-    result = run_eval(workspace, "sampled", "--params", str(workspace / "sampled.yaml"))
+
+    def run_with(name, **eval_params):
+        params["eval"].update(eval_params)
+        with open(workspace / f"{name}.yaml", "w") as handle:
+            YAML(typ="safe", pure=True).dump(params, handle)
+        return run_eval(workspace, name, "--params", str(workspace / f"{name}.yaml"))
+
+    result = run_with("sampled", temperature=0.7, seeds=[0, 1])
     assert result.exit_code == 0, result.output
     assert calls == [([0, 1], 0.7)] * 3
     metrics = json.loads((workspace / "sampled" / "eval.json").read_text())
@@ -161,10 +165,7 @@ def test_model_systems_wiring_with_seeds(workspace, monkeypatch):
 
     # greedy decoding still draws its start canvas: several seeds are decoded and averaged at temperature 0 too
     calls.clear()
-    params["eval"].update(temperature=0.0, seeds=[0, 1])
-    with open(workspace / "greedy.yaml", "w") as handle:
-        YAML(typ="safe", pure=True).dump(params, handle)
-    result = run_eval(workspace, "greedy", "--params", str(workspace / "greedy.yaml"))
+    result = run_with("greedy", temperature=0.0, seeds=[0, 1])
     assert result.exit_code == 0, result.output
     assert calls == [([0, 1], 0.0)] * 3
     assert "greedy (temperature 0), mean over seeds [0, 1]" in (workspace / "greedy" / "eval_report.md").read_text()

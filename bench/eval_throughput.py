@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bucket", type=int, default=32)
+    parser.add_argument("--kernels", default="fast", choices=("fast", "exact"),
+                        help="ours: eval.kernels (fast: vectorised float32 transcendentals on the CPU)")
     parser.add_argument("--lanes", type=int, default=None, help="ours: batches decoded at once on parallel CPU streams "
                         "(default: one per core, at most 4)")
     args = parser.parse_args()
@@ -79,6 +81,7 @@ def main() -> None:
     import mlx_vlm
 
     from toolsel.eval.decode import SamplerConfig, answer_text, decode, example_seed, stop_token_ids
+    from toolsel.eval.kernels import apply_kernels
     from toolsel.io import read_jsonl
     from toolsel.model.chat import encode_prompts, load_tokenizer
     from toolsel.model.load import load_model
@@ -92,6 +95,7 @@ def main() -> None:
             prompts = synthetic_prompts(load_tokenizer(model_dir), args.n)
             source = "default tiny model (random weights) on synthetic chat prompts (no pipeline outputs found)"
         ours, tokenizer = load_model(model_dir)
+        apply_kernels(ours, args.kernels)
         stock, processor = mlx_vlm.load(str(model_dir))
         ids = encode_prompts(tokenizer, prompts)
         seeds = [example_seed(0, str(i)) for i in range(len(ids))]
@@ -101,7 +105,7 @@ def main() -> None:
         print(f"model: {source}")
         print(f"{len(ids)} prompts of {lengths[0]}-{lengths[-1]} tokens, canvas {ours.config.canvas_length}, "
               f"{args.sampler}, {args.steps} steps, temperature {args.temperature}; batch {args.batch_size}, "
-              f"buckets of {args.bucket}, lanes {args.lanes or 'auto'}")
+              f"buckets of {args.bucket}, lanes {args.lanes or 'auto'}, {args.kernels} kernels")
 
         decode(ours, ids[:2], seeds[:2], cfg, pad_id=tokenizer.pad_token_id)  # warm-up: lazy init, kernels
         stock_generate(stock, processor, ids[0], seeds[0], args)

@@ -99,7 +99,7 @@ def eval(  # noqa: A001 - the stage name is the command name
         result, decodes = run_eval(
             test, test_tasks, train_tasks, listing["tools"], conf["systems"], base_dir=base_dir, fused_dir=fused,
             adapter_dir=adapter, cfg=cfg, seeds=conf["seeds"], batch_size=conf["batch_size"],
-            bucket=conf["prompt_bucket"], floor_k=conf["floor_k"], retrieval_k=conf["retrieval_k"],
+            bucket=conf["prompt_bucket"], kernels=conf["kernels"], floor_k=conf["floor_k"], retrieval_k=conf["retrieval_k"],
             vote_fraction=conf["retrieval_vote_fraction"], bootstrap_samples=conf["bootstrap_samples"],
             bootstrap_seed=conf["bootstrap_seed"], head_coverage=conf["head_coverage"],
             max_bad_fraction=conf["max_bad_fraction"], progress=progress,
@@ -114,7 +114,8 @@ def eval(  # noqa: A001 - the stage name is the command name
 
     validate(eval_metrics(result), "eval_metrics", str(metrics))
     seeds = conf["seeds"]
-    note = (f"Models decoded with the `{cfg.sampler}` sampler (stage version {STAGE_VERSION}): {cfg.steps} steps, "
+    note = (f"Models decoded with the `{cfg.sampler}` sampler (stage version {STAGE_VERSION}, {conf['kernels']} "
+            f"kernels): {cfg.steps} steps, "
             f"schedule temperature {cfg.t_max} -> {cfg.t_min}, "
             + (f"entropy bound {cfg.entropy_bound}" if cfg.sampler == "entropy-bound"
                else f"confidence threshold {cfg.confidence_threshold}")

@@ -74,12 +74,15 @@ def stock_generate(model, processor, prompt, seed, *, sampler, temperature):
     return tokens, text, last.diffusion_denoising_steps, last.finish_reason
 
 
-def check_against_stock(model_dir, prompts, *, sampler, temperature=0.0, stop_entropy=0.005, bucket=32):
+def check_against_stock(model_dir, prompts, *, sampler, temperature=0.0, stop_entropy=0.005, bucket=32,
+                        kernels="exact"):
     import mlx_vlm
 
+    from toolsel.eval.kernels import apply_kernels
     from toolsel.model.load import load_model
 
     ours, tokenizer = load_model(model_dir)  # our loader (router patch) vs the unpatched stock model below
+    apply_kernels(ours, kernels)
     cfg = D.SamplerConfig(sampler=sampler, steps=STEPS, temperature=temperature, stop_entropy=stop_entropy)
     seeds = [1000 + i for i in range(len(prompts))]
     decoded = D.decode(ours, prompts, seeds, cfg, pad_id=tokenizer.pad_token_id, batch_size=4, bucket=bucket)
@@ -119,6 +122,36 @@ def test_sampled_batch_equals_stock_generate(dirs, same_length_groups):
 def test_padded_buckets_with_early_stop_equal_stock_generate(dirs, prompts, sampler):
     steps = check_against_stock(dirs["converging"], prompts, sampler=sampler, stop_entropy=0.3, bucket=32)
     assert len(set(steps)) > 1 and max(steps) < STEPS  # stops fire, at different steps per example
+
+
+@pytest.mark.parametrize("sampler", ["entropy-bound", "confidence"])
+def test_fast_kernels_decode_what_stock_generate_decodes(dirs, prompts, sampler):
+    """eval.kernels: fast moves the logits by rounding only (tests/test_fastmath.py): on a model whose decisions have
+    margins, every answer and step count equals stock generate's (which runs mlx-vlm's kernels: the patch is per
+    model instance)."""
+    steps = check_against_stock(dirs["converging"], prompts, sampler=sampler, stop_entropy=0.3, bucket=32,
+                                kernels="fast")
+    assert len(set(steps)) > 1 and max(steps) < STEPS
+
+
+def test_fast_kernels_leave_other_models_alone(dirs, prompts):
+    from toolsel.eval.kernels import use_fast_eval_kernels, uses_fast_eval_kernels
+    from toolsel.model.load import load_model
+
+    def logits(model):
+        cache = model.diffusion_prefill_cache(mx.array([prompts[1]]), attention_mask=None, cache=model.make_cache(),
+                                              pixel_values=None, mm_token_type_ids=None, prefill_step_size=None,
+                                              chunk_prefill=False)
+        canvas = mx.array([[5] * model.config.canvas_length])
+        return D.ModelDenoiser(model, cache, {}).logits(canvas, None)
+
+    plain, _ = load_model(dirs["plain"])
+    before = logits(plain)
+    fast, _ = load_model(dirs["plain"])
+    assert use_fast_eval_kernels(fast) and uses_fast_eval_kernels(fast) and not uses_fast_eval_kernels(plain)
+    moved = mx.abs(logits(fast) - before).max().item()
+    assert 0 < moved < 1e-4  # a different computation of the same function
+    assert mx.array_equal(logits(plain), before)  # bit for bit: the other instance keeps mlx-vlm's kernels
 
 
 def test_left_padding_moves_logits_by_rounding_only(dirs, prompts):
@@ -163,6 +196,11 @@ def test_concurrent_lanes_decode_exactly_what_one_lane_does(dirs, prompts):
     seeds = list(range(len(prompts)))
     one = D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=1)
     assert D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=3) == one
+    from toolsel.eval.kernels import use_fast_eval_kernels
+
+    use_fast_eval_kernels(model)  # the fast path's one-pass sampler softmax is per row too
+    fast_one = D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=1)
+    assert D.decode(model, prompts, seeds, cfg, pad_id=0, batch_size=2, lanes=3) == fast_one
     assert len({d.steps for d in one}) > 1  # lanes that stop at different steps
 
 

@@ -22,8 +22,11 @@ token for token, and one example's early stop cannot change another example's dr
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -32,7 +35,9 @@ import numpy as np
 from mlx_vlm.models.diffusion_gemma.language import _cache_offset, _cache_state
 from mlx_vlm.sample_utils import clamp_temperature
 
-from toolsel.streams import cpu_streams, on_stream
+from toolsel.eval.kernels import uses_fast_eval_kernels
+from toolsel.fastmath import softmax_entropy
+from toolsel.streams import on_stream
 
 SAMPLERS = ("entropy-bound", "confidence")
 
@@ -138,7 +143,7 @@ class Denoiser(Protocol):
 
 class _Lane:
     """One batch of canvases being denoised: the sampler's state between steps, and the two halves of a step (build
-    the step's graph; read its results on the host), so several lanes can share one evaluation per step."""
+    the step's graph; read its results on the host)."""
 
     def __init__(self, denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
                  vocab_size: int, stream=None):
@@ -151,11 +156,18 @@ class _Lane:
         self.rows = np.arange(batch)  # original row of each still-active row
         self.answer = np.zeros((batch, canvas_length), dtype=np.int64)
         self.steps = np.zeros(batch, dtype=np.int64)
-        self.self_cond, self.history, self.active = None, [], True
+        self.self_cond, self.history, self.active, self.remaining = None, [], True, cfg.steps
 
-    def build(self, remaining: int) -> list:
+    def run(self) -> None:
+        """Denoise until every canvas has stopped or the steps run out (one evaluation per step)."""
+        with on_stream(self.stream):
+            while self.active:
+                mx.eval(self.build())
+                self.finish()
+
+    def build(self) -> list:
         """The step's graph (nothing evaluated); returns the arrays to evaluate."""
-        cfg, streams = self.cfg, self.streams
+        cfg, streams, remaining = self.cfg, self.streams, self.remaining
         self.steps[self.rows] += 1
         processed = self.denoiser.logits(self.canvas, self.self_cond) / cfg.schedule(remaining)
         self.processed, self.argmax = processed, mx.argmax(processed, axis=-1).astype(mx.int32)
@@ -163,14 +175,19 @@ class _Lane:
             return [self.argmax]
         proposal = self.argmax if cfg.temperature <= 0 else _sample(streams, processed, cfg.temperature)
         noise = streams.randint(self.vocab_size, self.canvas_length)
-        self.entropy = None
+        self.entropy, self.next_self_cond, probs = None, None, None
+        if getattr(self.denoiser, "fast", False):  # one exp pass feeds entropy, confidence and self-conditioning
+            probs, self.entropy = softmax_entropy(processed)
+            self.next_self_cond = self.denoiser.self_conditioning_from_probs(probs)
         if cfg.sampler == "entropy-bound":
-            self.entropy = token_entropy(processed)
+            self.entropy = token_entropy(processed) if self.entropy is None else self.entropy
             accept = entropy_bound_mask(self.entropy, cfg.entropy_bound)
             self.canvas = mx.where(accept, proposal, noise)
             self.done = mx.zeros((len(self.rows),), dtype=mx.bool_)
         else:
-            accept = confidence_mask(token_probability(processed, proposal), ~self.revealed, cfg.confidence_threshold)
+            confidence = (token_probability(processed, proposal) if probs is None
+                          else mx.take_along_axis(probs, proposal[..., None], axis=-1).squeeze(-1))
+            accept = confidence_mask(confidence, ~self.revealed, cfg.confidence_threshold)
             accepted = mx.where(accept, proposal, self.draft)
             self.canvas = mx.where(self.revealed | accept, accepted, noise)
             self.revealed, self.draft = self.revealed | accept, mx.where(accept, accepted, self.draft)
@@ -178,10 +195,11 @@ class _Lane:
         self.stable = _stable(self.argmax, self.history, cfg.stability_threshold)
         return [self.argmax, self.canvas, self.done, self.stable, self.revealed, self.draft, streams.state]
 
-    def finish(self, remaining: int) -> None:
+    def finish(self) -> None:
         """After the step's evaluation: record the answer, stop and drop finished rows, prepare the next step."""
         self.answer[self.rows] = np.array(self.argmax)  # the answer is the argmax, never the renoised canvas
-        if remaining == 1:
+        self.remaining -= 1
+        if self.remaining == 0:
             self.active = False
             return
         stop, stable = np.array(self.done), np.array(self.stable)
@@ -191,34 +209,17 @@ class _Lane:
         if stop.all():
             self.active = False
             return
-        processed = self.processed
+        processed, self_cond = self.processed, self.next_self_cond
         if stop.any():
             keep = mx.array(np.flatnonzero(~stop))
             self.rows = self.rows[~stop]
             self.canvas, processed = self.canvas[keep], processed[keep]
+            self_cond = None if self_cond is None else self_cond[keep]
             self.revealed, self.draft = self.revealed[keep], self.draft[keep]
             self.history = [h[keep] for h in self.history]
             self.streams.state = self.streams.state[keep]
             self.denoiser = self.denoiser.select(keep)
-        self.self_cond = self.denoiser.self_conditioning(processed)
-
-
-def denoise_lanes(lanes: Sequence[_Lane]) -> None:
-    """Step every lane in lockstep, one evaluation per step for all of them: lanes on different CPU streams run in
-    parallel (MLX runs each stream on its own thread), and each lane computes exactly what it would alone."""
-    steps = lanes[0].cfg.steps
-    for remaining in range(steps, 0, -1):
-        live = [lane for lane in lanes if lane.active]
-        if not live:
-            return
-        outputs = []
-        for lane in live:
-            with on_stream(lane.stream):
-                outputs.extend(lane.build(remaining))
-        mx.eval(outputs)
-        for lane in live:
-            with on_stream(lane.stream):
-                lane.finish(remaining)
+        self.self_cond = self.denoiser.self_conditioning(processed) if self_cond is None else self_cond
 
 
 def denoise(denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
@@ -228,7 +229,7 @@ def denoise(denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_
     Rows that stop are dropped from the batch (every op is per row, so the others compute exactly the same).
     """
     lane = _Lane(denoiser, streams, cfg, canvas_length, vocab_size)
-    denoise_lanes([lane])
+    lane.run()
     return lane.answer, lane.steps
 
 
@@ -273,6 +274,7 @@ class ModelDenoiser:
         self.cache = [c if isinstance(c, _EncoderView) else _EncoderView(*_cache_state(c), _cache_offset(c))
                       for c in cache]
         self.context = model.diffusion_prepare_self_conditioning()
+        self.fast = uses_fast_eval_kernels(model)  # toolsel.eval.kernels: sampler softmax from one fast exp pass
 
     def logits(self, canvas, self_conditioning):
         return self.model.diffusion_decoder_logits(canvas, cache=self.cache, self_conditioning=self_conditioning,
@@ -280,6 +282,14 @@ class ModelDenoiser:
 
     def self_conditioning(self, processed_logits):
         return self.model.diffusion_self_conditioning(processed_logits, self.context)
+
+    def self_conditioning_from_probs(self, probs):
+        """mlx-vlm's `diffusion_self_conditioning` given softmax(processed) already (None: a quantized embedding,
+        whose decoder takes the logits themselves)."""
+        if self.context is None:
+            return None
+        weight = self.context
+        return (probs.astype(weight.dtype) @ weight).astype(weight.dtype) * self.model.model.decoder.embed_scale
 
     def select(self, rows):
         cache = [_EncoderView(c.keys[rows], c.values[rows], c.offset) for c in self.cache]
@@ -334,13 +344,45 @@ def start_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], c
                      int(model.config.text_config.vocab_size), stream)
 
 
-def lane_streams(count: int | None) -> list:
-    """`count` CPU streams for concurrent batches (default: one per core, at most 4); [None] off the CPU, where one
-    queue runs everything anyway."""
-    count = max(1, min(os.cpu_count() or 1, 4)) if count is None else count
-    if count <= 1 or mx.default_device() != mx.cpu:
-        return [None]
-    return cpu_streams(count)
+class _Workers:
+    """Persistent worker threads, each with its own MLX CPU stream made in that thread (MLX streams belong to the
+    thread that made them, and each runs its kernels on its own thread): a batch per worker at a time, the next
+    batch as soon as one finishes, no barrier between them. Kept for the process (streams are threads; new ones per
+    call would pile up)."""
+
+    _pools: dict[int, "ThreadPoolExecutor"] = {}
+    _local = threading.local()
+
+    @classmethod
+    def pool(cls, count: int) -> ThreadPoolExecutor:
+        if not cls._pools:
+            atexit.register(cls.shutdown)  # join the workers before the interpreter tears MLX down
+        if count not in cls._pools:
+            cls._pools[count] = ThreadPoolExecutor(count, thread_name_prefix="toolsel-decode",
+                                                   initializer=cls._make_stream)
+        return cls._pools[count]
+
+    @classmethod
+    def shutdown(cls) -> None:
+        for pool in cls._pools.values():
+            pool.shutdown(wait=True)
+        cls._pools.clear()
+
+    @classmethod
+    def _make_stream(cls) -> None:
+        cls._local.stream = mx.new_stream(mx.cpu)
+
+    @classmethod
+    def stream(cls):
+        return getattr(cls._local, "stream", None)
+
+
+def lane_count(lanes: int | None) -> int:
+    """Batches decoded at once: `lanes`, default one per core (at most 4) on the CPU, 1 off it (one GPU queue runs
+    everything anyway)."""
+    if mx.default_device() != mx.cpu:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4)) if lanes is None else max(1, lanes)
 
 
 def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *, pad_id: int,
@@ -348,29 +390,31 @@ def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: S
            on_batch: Callable[[int], None] | None = None) -> list[Decoded]:
     """Decode every prompt (token ids incl. <bos>) with its own seed; results in input order.
 
-    On a CPU, `lanes` batches (default: one per core, at most 4) are denoised at once on as many streams (threads):
-    MLX's CPU kernels are single-threaded, so this is what uses more than one core. Each batch computes exactly what
-    it computes alone, so the results do not depend on `lanes` (tested).
+    On a CPU, `lanes` batches (default: one per core, at most 4) are decoded at once by as many worker threads, each
+    on its own MLX stream: MLX's CPU kernels are single-threaded, so this is what uses more than one core. Each
+    batch computes exactly what it computes alone, so the results do not depend on `lanes` (tested).
     `on_batch(n)` is called after each batch with the number of prompts it decoded (progress bars).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least its <bos> token")
-    results: list[Decoded | None] = [None] * len(prompts)
-    streams = lane_streams(lanes)
+
+    def run(batch: list[int]) -> _Lane:
+        lane = start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
+                           length=bucket_length(len(prompts[batch[0]]), bucket), stream=_Workers.stream())
+        lane.run()
+        return lane
+
     plan = plan_batches([len(p) for p in prompts], batch_size, bucket)
-    for first in range(0, len(plan), len(streams)):
-        group = plan[first:first + len(streams)]
-        started = [start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
-                               length=bucket_length(len(prompts[batch[0]]), bucket), stream=stream)
-                   for batch, stream in zip(group, streams)]
-        denoise_lanes(started)
-        for batch, lane in zip(group, started):
-            for i, row, n in zip(batch, lane.answer.tolist(), lane.steps.tolist()):
-                results[i] = Decoded(tokens=row, steps=int(n))
-            if on_batch is not None:
-                on_batch(len(batch))
+    count = lane_count(lanes)
+    lanes_done = _Workers.pool(count).map(run, plan) if count > 1 else map(run, plan)
+    results: list[Decoded | None] = [None] * len(prompts)
+    for batch, lane in zip(plan, lanes_done):
+        for i, row, n in zip(batch, lane.answer.tolist(), lane.steps.tolist()):
+            results[i] = Decoded(tokens=row, steps=int(n))
+        if on_batch is not None:
+            on_batch(len(batch))
     return results  # type: ignore[return-value]
 
 

@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from toolsel.eval import baselines, report
 from toolsel.eval.decode import SamplerConfig, answer_text, decode, example_seed, stop_token_ids
+from toolsel.eval.kernels import apply_kernels
 from toolsel.eval.parse import check_outputs_sane, output_health
 
 TRAINED_SYSTEMS = ("fused", "adapter")  # a broken decoder shows here first; the base may legitimately babble
@@ -39,20 +40,21 @@ class SystemDecode:
         return len(self.steps) / max(self.seconds, 1e-9)
 
 
-def load_system(system: str, base_dir: Path, fused_dir: Path, adapter_dir: Path):
-    """(model, tokenizer) of a model system."""
+def load_system(system: str, base_dir: Path, fused_dir: Path, adapter_dir: Path, kernels: str = "exact"):
+    """(model, tokenizer) of a model system, with `kernels` installed (toolsel.eval.kernels)."""
     from toolsel.model.fuse import adapter_kind
     from toolsel.model.load import load_model
 
     if system == "fused":
-        return load_model(fused_dir)
-    if system == "base":
-        return load_model(base_dir)
-    if system == "adapter":
-        if adapter_kind(adapter_dir) == "full":
-            return load_model(adapter_dir)
-        return load_model(base_dir, adapter_path=adapter_dir)
-    raise ValueError(f"unknown model system {system!r}; expected fused, base or adapter")
+        model, tokenizer = load_model(fused_dir)
+    elif system == "base":
+        model, tokenizer = load_model(base_dir)
+    elif system == "adapter":
+        full = adapter_kind(adapter_dir) == "full"
+        model, tokenizer = load_model(adapter_dir) if full else load_model(base_dir, adapter_path=adapter_dir)
+    else:
+        raise ValueError(f"unknown model system {system!r}; expected fused, base or adapter")
+    return apply_kernels(model, kernels), tokenizer
 
 
 def decode_system(model, tokenizer, ids: Sequence[str], prompts: Sequence[str], cfg: SamplerConfig,
@@ -78,7 +80,7 @@ def decode_system(model, tokenizer, ids: Sequence[str], prompts: Sequence[str], 
 def run_eval(test: Sequence[Mapping], test_tasks: Sequence[Mapping], train_tasks: Sequence[Mapping],
              candidates: Sequence[str], systems: Sequence[str], *, base_dir: Path, fused_dir: Path,
              adapter_dir: Path, cfg: SamplerConfig, seeds: Sequence[int], batch_size: int = 16, bucket: int = 32,
-             floor_k: int = 3, retrieval_k: int = 5, vote_fraction: float = 0.5, bootstrap_samples: int = 1000,
+             kernels: str = "fast", floor_k: int = 3, retrieval_k: int = 5, vote_fraction: float = 0.5, bootstrap_samples: int = 1000,
              bootstrap_seed: int = 0, head_coverage: float = 0.8, max_bad_fraction: float = 0.5,
              progress: Callable[[str, int], Callable[[int], None]] | None = None,
              log: Callable[[str], None] = print) -> tuple[dict, dict[str, SystemDecode]]:
@@ -96,7 +98,7 @@ def run_eval(test: Sequence[Mapping], test_tasks: Sequence[Mapping], train_tasks
     predictions: dict[str, list[dict]] = {}
     decodes: dict[str, SystemDecode] = {}
     for system in systems:
-        model, tokenizer = load_system(system, base_dir, fused_dir, adapter_dir)
+        model, tokenizer = load_system(system, base_dir, fused_dir, adapter_dir, kernels)
         on_batch = progress(system, len(ids) * len(run_seeds)) if progress else None
         decodes[system] = decoded = decode_system(model, tokenizer, ids, prompts, cfg, run_seeds,
                                                   batch_size=batch_size, bucket=bucket, on_batch=on_batch)

@@ -1,0 +1,128 @@
+"""Vectorisable float32 transcendentals for MLX on CPU: tanh, exp of non-positive arguments, softmax, attention.
+
+mlx's CPU `exp`/`tanh` run one element at a time through libm-style code (~13-17 ns per float here, vs ~0.5 ns for a
+multiply: perf on bench/train_step.py and bench/eval_throughput.py), and they are most of a tiny model's time: the
+attention and vocabulary softmaxes, the soft-cap, every GeGLU. The functions here use only multiplies, adds, compares,
+integer shifts and one divide, which `mx.compile` fuses into loops the C++ compiler vectorises (2.5-6.5 ns per float).
+They are approximations with stated error bounds (tests/test_fastmath.py), for the CPU: on a GPU mlx's own kernels
+are vectorised already (and a GPU compiler's fast-math could reassociate the rounding below).
+
+Graphs are kept shallow on purpose: `mx.compile` splits an elementwise graph deeper than ~11 ops into strided kernels
+that do not vectorise.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+# tanh(x) ~= x * P(x^2) / Q(x^2) (Eigen's / XLA's float32 minimax for |x| <= 7.9); beyond it tanh is +-1.
+_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+        -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
+_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
+_SATURATE = 8.020376  # the first float32 argument where the rational function reaches 1.0
+
+# exp(d) = 2^k * e^r with k = round(d / ln 2), r = d - k ln 2 split in two constants (Cody-Waite), e^r by the
+# Cephes expf polynomial (|r| <= ln2/2, ~1 ulp). Arguments are clamped at EXP_FLOOR, where the biased exponent k + 127
+# reaches 0: the bits of 2^k are then 0.0, so results below ~2^-126 (float32 subnormals) come out exactly 0.
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+EXP_FLOOR = -127.5 / _LOG2E
+_MASKED = -1e30  # an additive mask: exp underflows to exactly 0, and a fully masked row stays finite (uniform)
+
+
+@mx.compile
+def _tanh_rational(c):
+    # Estrin's scheme: a shallow graph (a deep Horner chain is split into strided kernels that do not vectorise).
+    y = c * c
+    y2 = y * y
+    a, b = _NUM, _DEN
+    p = (a[0] + a[1] * y) + y2 * (a[2] + a[3] * y) + (y2 * y2) * ((a[4] + a[5] * y) + y2 * a[6])
+    q = (b[0] + b[1] * y) + y2 * (b[2] + b[3] * y)
+    return c * p / q
+
+
+def tanh32(x: mx.array) -> mx.array:
+    """float32 tanh from multiplies and one divide: max abs error 3.2e-7, exactly +-1 once saturated (from |x| ~ 8,
+    as float32 tanh from ~9: 1 + tanh must reach 0 in the GeGLU's far left tail); NaN stays NaN.
+
+    The clamps are mlx's own (vectorised) ops and only the rational function is a compiled kernel: a compare or
+    select inside a fused CPU kernel stops it vectorising (7 ns per float instead of 1.3, all three passes counted).
+    The argument is clamped where the rational function first reaches 1 in float32, so clipping its value to
+    [-1, 1] saturates it exactly.
+    """
+    return mx.clip(_tanh_rational(mx.clip(x, -_SATURATE, _SATURATE)), -1.0, 1.0)
+
+
+# Only arithmetic inside the compiled functions: a compare, select, minimum or maximum in a fused CPU kernel stops
+# the C++ compiler from vectorising it (measured 4-7 ns per float instead of ~0.7); clamps run as mlx's own ops.
+@mx.compile
+def _exp_parts(d):
+    """For EXP_FLOOR <= d <= 0: e^r and the float32 bits of 2^k, k = round(d / ln 2)."""
+    # d*log2(e) + 127.5 lies in [0, 127.5]: truncation is floor there and gives k + 127, the biased exponent
+    # (an int conversion vectorises; floor does not without SSE4.1, which mlx's JIT does not enable).
+    biased = (d * _LOG2E + 127.5).astype(mx.int32)
+    k = biased.astype(mx.float32) - 127.0
+    r = (d - k * _LN2_HI) - k * _LN2_LO
+    r2 = r * r
+    c = _EXP_POLY
+    poly = ((c[0] * r + c[1]) * r2 + (c[2] * r + c[3])) * (r2 * r2) + (c[4] * r + c[5]) * r2 + r + 1.0
+    return poly, mx.left_shift(biased, 23)
+
+
+def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
+    """exp(x - shift) for float32 x - shift <= 0 (a softmax's shifted scores): max relative error 2e-7 down to
+    exp(-87.3); smaller results (float32 subnormals) are 0, exp(-inf) is 0 and NaN stays NaN."""
+    poly, bits = _exp_parts(mx.maximum(x - shift, EXP_FLOOR))
+    return poly * mx.view(bits, mx.float32)
+
+
+def softmax32(x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """Softmax over the last axis in float32: (probabilities, the row maxima, the sums of exp(x - max))."""
+    x = x.astype(mx.float32)
+    top = mx.stop_gradient(mx.max(x, axis=-1, keepdims=True))
+    e = exp_shifted(x, top)
+    total = mx.sum(e, axis=-1, keepdims=True)
+    return e / total, top, total
+
+
+def softmax_entropy(x: mx.array) -> tuple[mx.array, mx.array]:
+    """(softmax(x), its entropy in nats) over the last axis, from one exp pass.
+
+    H = log(s) - sum(p * (x - max)) with s = sum(exp(x - max)): both terms are small for a peaked distribution, so a
+    near-zero entropy (the early-stop test) is not the difference of two large numbers.
+    """
+    x = x.astype(mx.float32)
+    probs, top, total = softmax32(x)
+    weighted = mx.sum(probs * mx.maximum(x - top, EXP_FLOOR), axis=-1)  # clamped: 0 * -inf must not be NaN
+    return probs, mx.log(total[..., 0]) - weighted
+
+
+def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
+              mask: mx.array | str | None = None) -> mx.array:
+    """`mx.fast.scaled_dot_product_attention` (grouped-query; boolean, additive or "causal" mask) with `softmax32`.
+
+    A row whose keys are all masked gets a uniform softmax over them (finite, as mlx's), never NaN: padding rows
+    of a left-padded batch must not poison the real rows through 0 * NaN.
+    """
+    batch, heads, length, dim = queries.shape
+    kv_heads, key_length = keys.shape[1], keys.shape[2]
+    groups = heads // kv_heads
+    q = (queries * scale).reshape(batch, kv_heads, groups, length, dim)
+    scores = q @ mx.expand_dims(keys, 2).swapaxes(-1, -2)  # [B, kv heads, groups, L, keys]
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"unknown attention mask {mask!r}")
+        mask = mx.arange(key_length)[None, :] <= mx.arange(length)[:, None] + (key_length - length)
+    if mask is not None:
+        if mask.ndim == 3:
+            raise ValueError("a 3-d attention mask is ambiguous here; pass [L, keys] or [B, heads or 1, L, keys]")
+        if mask.ndim == 4:  # [B, heads or 1, L, keys] (each may be 1) -> the scores' [B, kv heads, groups, L, keys]
+            mask = (mx.expand_dims(mask, 2) if mask.shape[1] == 1
+                    else mask.reshape(mask.shape[0], kv_heads, groups, *mask.shape[2:]))
+        if mask.dtype == mx.bool_:  # as an additive bias: mlx's CPU `where` costs ~4.6 ns per float, an add ~0.5
+            mask = (1.0 - mask.astype(mx.float32)) * _MASKED
+        scores = scores.astype(mx.float32) + mask.astype(mx.float32)
+    probs, _, _ = softmax32(scores)
+    out = probs.astype(values.dtype) @ mx.expand_dims(values, 2)
+    return out.reshape(batch, heads, length, dim)

@@ -1,0 +1,72 @@
+"""The vectorisable float32 kernels against float64 NumPy and mlx's own ops, with the error bounds the docs state."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from toolsel.fastmath import EXP_FLOOR, attention, exp_shifted, softmax32, softmax_entropy, tanh32
+
+
+def test_exp_is_within_2e7_relative_and_flushes_below_the_floor():
+    xs = np.linspace(-87.3, 0, 1_000_001).astype(np.float32)
+    got = np.array(exp_shifted(mx.array(xs), mx.array(0.0)))
+    exact = np.exp(xs.astype(np.float64))
+    assert (np.abs(got - exact) / exact).max() < 2e-7
+    shifted = np.array(exp_shifted(mx.array([3.0, 5.0]), mx.array(5.0)))  # exp(x - shift)
+    assert np.allclose(shifted, [np.exp(-2.0), 1.0], rtol=2e-7)
+    edge = exp_shifted(mx.array([-np.inf, -1000.0, EXP_FLOOR - 1, 0.0]), mx.array(0.0)).tolist()
+    assert edge == [0.0, 0.0, 0.0, 1.0]
+    assert np.isnan(exp_shifted(mx.array([np.nan]), mx.array(0.0)).item())
+
+
+def test_tanh_saturates_exactly_and_stays_within_4e7():
+    xs = np.linspace(-30, 30, 600_001).astype(np.float32)
+    assert np.abs(np.array(tanh32(mx.array(xs))) - np.tanh(xs.astype(np.float64))).max() < 4e-7
+    assert tanh32(mx.array([-8.1, 8.1, -1e30, np.inf])).tolist() == [-1.0, 1.0, -1.0, 1.0]
+    assert np.isnan(tanh32(mx.array([np.nan])).item())
+
+
+def test_softmax_and_entropy_match_mlx():
+    rng = np.random.default_rng(0)
+    logits = mx.array(rng.normal(0, 6, (4, 16, 512)).astype(np.float32))
+    probs, entropy = softmax_entropy(logits)
+    reference = mx.softmax(logits, axis=-1, precise=True)
+    log_probs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    assert mx.abs(probs - reference).max().item() < 1e-6
+    assert mx.abs(entropy - (-(mx.exp(log_probs) * log_probs).sum(-1))).max().item() < 2e-5
+    # a peaked row: the early-stop test compares entropies near 0, which must not be a difference of large numbers
+    peaked = mx.array([[60.0, 0.0, -5.0, 3.0]])
+    true = -sum(p * np.log(p) for p in np.exp([60.0, 0, -5, 3]) / np.exp([60.0, 0, -5, 3]).sum() if p > 0)
+    assert abs(softmax_entropy(peaked)[1].item() - true) < 1e-9 + 1e-5 * true
+
+
+def test_softmax_of_a_fully_masked_row_is_finite():
+    probs, _, _ = softmax32(mx.array([[-1e30, -1e30, -1e30]]))
+    assert np.allclose(np.array(probs), 1 / 3)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive", "causal", "padded"])
+def test_attention_matches_mlx_sdpa(mask_kind):
+    rng = np.random.default_rng(1)
+    batch, heads, kv_heads, length, keys, dim = 2, 4, 2, 5, 9, 8
+    q, k, v = (mx.array(rng.normal(size=shape).astype(np.float32)) for shape in
+               ((batch, heads, length, dim), (batch, kv_heads, keys, dim), (batch, kv_heads, keys, dim)))
+    if mask_kind == "causal":
+        k, v, keys = k[:, :, :length], v[:, :, :length], length
+    mask = {"none": None, "causal": "causal",
+            "bool": mx.array(rng.random((batch, 1, length, keys)) > 0.3),
+            "additive": mx.array(rng.normal(size=(1, heads, length, keys)).astype(np.float32)),
+            "padded": mx.array(np.arange(keys)[None, None, None, :] >= np.array([0, 3])[:, None, None, None])
+            }[mask_kind]
+    got = attention(q, k, v, 0.35, mask)
+    expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.35, mask=mask)
+    assert mx.abs(got - expected).max().item() < 1e-5
+
+
+def test_attention_keeps_a_fully_masked_query_finite():
+    """Left padding: a padding query sees no key. It must stay finite, or 0 * NaN poisons the real rows later."""
+    q, k, v = mx.ones((1, 2, 3, 4)), mx.ones((1, 1, 3, 4)), mx.ones((1, 1, 3, 4))
+    mask = mx.array([[[[False, False, False], [True, True, False], [True, True, True]]]])
+    assert not mx.isnan(attention(q, k, v, 0.5, mask)).any().item()

@@ -22,11 +22,8 @@ token for token, and one example's early stop cannot change another example's dr
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -37,7 +34,7 @@ from mlx_vlm.sample_utils import clamp_temperature
 
 from toolsel.eval.kernels import uses_fast_eval_kernels
 from toolsel.fastmath import softmax_entropy
-from toolsel.streams import on_stream
+from toolsel.streams import cpu_streams, on_stream
 
 SAMPLERS = ("entropy-bound", "confidence")
 
@@ -143,7 +140,7 @@ class Denoiser(Protocol):
 
 class _Lane:
     """One batch of canvases being denoised: the sampler's state between steps, and the two halves of a step (build
-    the step's graph; read its results on the host)."""
+    the step's graph; read its results on the host), so several lanes can share one evaluation per step."""
 
     def __init__(self, denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
                  vocab_size: int, stream=None):
@@ -157,13 +154,6 @@ class _Lane:
         self.answer = np.zeros((batch, canvas_length), dtype=np.int64)
         self.steps = np.zeros(batch, dtype=np.int64)
         self.self_cond, self.history, self.active, self.remaining = None, [], True, cfg.steps
-
-    def run(self) -> None:
-        """Denoise until every canvas has stopped or the steps run out (one evaluation per step)."""
-        with on_stream(self.stream):
-            while self.active:
-                mx.eval(self.build())
-                self.finish()
 
     def build(self) -> list:
         """The step's graph (nothing evaluated); returns the arrays to evaluate."""
@@ -222,6 +212,20 @@ class _Lane:
         self.self_cond = self.denoiser.self_conditioning(processed) if self_cond is None else self_cond
 
 
+def denoise_lanes(lanes: Sequence[_Lane]) -> None:
+    """Step every lane in lockstep, one evaluation per step for all of them: lanes on different CPU streams run in
+    parallel (MLX runs each stream on its own thread), and each lane computes exactly what it would alone."""
+    while live := [lane for lane in lanes if lane.active]:
+        outputs = []
+        for lane in live:
+            with on_stream(lane.stream):
+                outputs.extend(lane.build())
+        mx.eval(outputs)
+        for lane in live:
+            with on_stream(lane.stream):
+                lane.finish()
+
+
 def denoise(denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_length: int,
             vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Denoise one canvas per row; returns (final argmax canvas [B, C], forward passes used per row).
@@ -229,7 +233,7 @@ def denoise(denoiser: Denoiser, streams: KeyStreams, cfg: SamplerConfig, canvas_
     Rows that stop are dropped from the batch (every op is per row, so the others compute exactly the same).
     """
     lane = _Lane(denoiser, streams, cfg, canvas_length, vocab_size)
-    lane.run()
+    denoise_lanes([lane])
     return lane.answer, lane.steps
 
 
@@ -344,45 +348,13 @@ def start_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], c
                      int(model.config.text_config.vocab_size), stream)
 
 
-class _Workers:
-    """Persistent worker threads, each with its own MLX CPU stream made in that thread (MLX streams belong to the
-    thread that made them, and each runs its kernels on its own thread): a batch per worker at a time, the next
-    batch as soon as one finishes, no barrier between them. Kept for the process (streams are threads; new ones per
-    call would pile up)."""
-
-    _pools: dict[int, "ThreadPoolExecutor"] = {}
-    _local = threading.local()
-
-    @classmethod
-    def pool(cls, count: int) -> ThreadPoolExecutor:
-        if not cls._pools:
-            atexit.register(cls.shutdown)  # join the workers before the interpreter tears MLX down
-        if count not in cls._pools:
-            cls._pools[count] = ThreadPoolExecutor(count, thread_name_prefix="toolsel-decode",
-                                                   initializer=cls._make_stream)
-        return cls._pools[count]
-
-    @classmethod
-    def shutdown(cls) -> None:
-        for pool in cls._pools.values():
-            pool.shutdown(wait=True)
-        cls._pools.clear()
-
-    @classmethod
-    def _make_stream(cls) -> None:
-        cls._local.stream = mx.new_stream(mx.cpu)
-
-    @classmethod
-    def stream(cls):
-        return getattr(cls._local, "stream", None)
-
-
-def lane_count(lanes: int | None) -> int:
-    """Batches decoded at once: `lanes`, default one per core (at most 4) on the CPU, 1 off it (one GPU queue runs
-    everything anyway)."""
-    if mx.default_device() != mx.cpu:
-        return 1
-    return max(1, min(os.cpu_count() or 1, 4)) if lanes is None else max(1, lanes)
+def lane_streams(count: int | None) -> list:
+    """`count` CPU streams for concurrent batches (default: one per core, at most 4); [None] off the CPU, where one
+    queue runs everything anyway."""
+    count = max(1, min(os.cpu_count() or 1, 4)) if count is None else count
+    if count <= 1 or mx.default_device() != mx.cpu:
+        return [None]
+    return cpu_streams(count)
 
 
 def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: SamplerConfig, *, pad_id: int,
@@ -390,31 +362,29 @@ def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: S
            on_batch: Callable[[int], None] | None = None) -> list[Decoded]:
     """Decode every prompt (token ids incl. <bos>) with its own seed; results in input order.
 
-    On a CPU, `lanes` batches (default: one per core, at most 4) are decoded at once by as many worker threads, each
-    on its own MLX stream: MLX's CPU kernels are single-threaded, so this is what uses more than one core. Each
-    batch computes exactly what it computes alone, so the results do not depend on `lanes` (tested).
+    On a CPU, `lanes` batches (default: one per core, at most 4) are denoised at once on as many streams (threads):
+    MLX's CPU kernels are single-threaded, so this is what uses more than one core. Each batch computes exactly what
+    it computes alone, so the results do not depend on `lanes` (tested).
     `on_batch(n)` is called after each batch with the number of prompts it decoded (progress bars).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least its <bos> token")
-
-    def run(batch: list[int]) -> _Lane:
-        lane = start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
-                           length=bucket_length(len(prompts[batch[0]]), bucket), stream=_Workers.stream())
-        lane.run()
-        return lane
-
-    plan = plan_batches([len(p) for p in prompts], batch_size, bucket)
-    count = lane_count(lanes)
-    lanes_done = _Workers.pool(count).map(run, plan) if count > 1 else map(run, plan)
     results: list[Decoded | None] = [None] * len(prompts)
-    for batch, lane in zip(plan, lanes_done):
-        for i, row, n in zip(batch, lane.answer.tolist(), lane.steps.tolist()):
-            results[i] = Decoded(tokens=row, steps=int(n))
-        if on_batch is not None:
-            on_batch(len(batch))
+    streams = lane_streams(lanes)
+    plan = plan_batches([len(p) for p in prompts], batch_size, bucket)
+    for first in range(0, len(plan), len(streams)):
+        group = plan[first:first + len(streams)]
+        started = [start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
+                               length=bucket_length(len(prompts[batch[0]]), bucket), stream=stream)
+                   for batch, stream in zip(group, streams)]
+        denoise_lanes(started)
+        for batch, lane in zip(group, started):
+            for i, row, n in zip(batch, lane.answer.tolist(), lane.steps.tolist()):
+                results[i] = Decoded(tokens=row, steps=int(n))
+            if on_batch is not None:
+                on_batch(len(batch))
     return results  # type: ignore[return-value]
 
 

@@ -99,8 +99,9 @@ def eval(  # noqa: A001 - the stage name is the command name
         result, decodes = run_eval(
             test, test_tasks, train_tasks, listing["tools"], conf["systems"], base_dir=base_dir, fused_dir=fused,
             adapter_dir=adapter, cfg=cfg, seeds=conf["seeds"], batch_size=conf["batch_size"],
-            bucket=conf["prompt_bucket"], kernels=conf["kernels"], floor_k=conf["floor_k"], retrieval_k=conf["retrieval_k"],
-            vote_fraction=conf["retrieval_vote_fraction"], bootstrap_samples=conf["bootstrap_samples"],
+            bucket=conf["prompt_bucket"], kernels=conf["kernels"], floor_k=conf["floor_k"],
+            retrieval_k=conf["retrieval_k"], vote_fraction=conf["retrieval_vote_fraction"],
+            bootstrap_samples=conf["bootstrap_samples"],
             bootstrap_seed=conf["bootstrap_seed"], head_coverage=conf["head_coverage"],
             max_bad_fraction=conf["max_bad_fraction"], progress=progress,
             log=lambda m: typer.echo(f"eval: {m}", err=True))

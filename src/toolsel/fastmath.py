@@ -70,32 +70,36 @@ def _exp_parts(d):
     return poly, mx.left_shift(biased, 23)
 
 
-def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
-    """exp(x - shift) for float32 x - shift <= 0 (a softmax's shifted scores): max relative error 2e-7 down to
-    exp(-87.3); smaller results (float32 subnormals) are 0, exp(-inf) is 0 and NaN stays NaN."""
-    poly, bits = _exp_parts(mx.maximum(x - shift, EXP_FLOOR))
+def _exp_clamped(d: mx.array) -> mx.array:
+    poly, bits = _exp_parts(d)
     return poly * mx.view(bits, mx.float32)
 
 
+def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
+    """exp(x - shift) for float32 x - shift <= 0 (a softmax's shifted scores): max relative error 2e-7 down to
+    exp(-87.3); smaller results (float32 subnormals) are 0, exp(-inf) is 0 and NaN stays NaN."""
+    return _exp_clamped(mx.maximum(x - shift, EXP_FLOOR))
+
+
 def softmax32(x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    """Softmax over the last axis in float32: (probabilities, the row maxima, the sums of exp(x - max))."""
+    """Softmax over the last axis in float32: (probabilities, the shifted scores x - max clamped at EXP_FLOOR, the
+    sums of exp(x - max))."""
     x = x.astype(mx.float32)
-    top = mx.stop_gradient(mx.max(x, axis=-1, keepdims=True))
-    e = exp_shifted(x, top)
+    shifted = mx.maximum(x - mx.stop_gradient(mx.max(x, axis=-1, keepdims=True)), EXP_FLOOR)
+    e = _exp_clamped(shifted)
     total = mx.sum(e, axis=-1, keepdims=True)
-    return e / total, top, total
+    return e / total, shifted, total
 
 
 def softmax_entropy(x: mx.array) -> tuple[mx.array, mx.array]:
     """(softmax(x), its entropy in nats) over the last axis, from one exp pass.
 
     H = log(s) - sum(p * (x - max)) with s = sum(exp(x - max)): both terms are small for a peaked distribution, so a
-    near-zero entropy (the early-stop test) is not the difference of two large numbers.
+    near-zero entropy (the early-stop test) is not the difference of two large numbers. The shifted scores are the
+    clamped ones softmax32 exponentiated (so 0 * -inf cannot make a NaN).
     """
-    x = x.astype(mx.float32)
-    probs, top, total = softmax32(x)
-    weighted = mx.sum(probs * mx.maximum(x - top, EXP_FLOOR), axis=-1)  # clamped: 0 * -inf must not be NaN
-    return probs, mx.log(total[..., 0]) - weighted
+    probs, shifted, total = softmax32(x)
+    return probs, mx.log(total[..., 0]) - mx.sum(probs * shifted, axis=-1)
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,

@@ -40,7 +40,7 @@ class SystemDecode:
         return len(self.steps) / max(self.seconds, 1e-9)
 
 
-def load_system(system: str, base_dir: Path, fused_dir: Path, adapter_dir: Path, kernels: str = "exact"):
+def load_system(system: str, base_dir: Path, fused_dir: Path, adapter_dir: Path, kernels: str = "fast"):
     """(model, tokenizer) of a model system, with `kernels` installed (toolsel.eval.kernels)."""
     from toolsel.model.fuse import adapter_kind
     from toolsel.model.load import load_model
@@ -80,8 +80,9 @@ def decode_system(model, tokenizer, ids: Sequence[str], prompts: Sequence[str], 
 def run_eval(test: Sequence[Mapping], test_tasks: Sequence[Mapping], train_tasks: Sequence[Mapping],
              candidates: Sequence[str], systems: Sequence[str], *, base_dir: Path, fused_dir: Path,
              adapter_dir: Path, cfg: SamplerConfig, seeds: Sequence[int], batch_size: int = 16, bucket: int = 32,
-             kernels: str = "fast", floor_k: int = 3, retrieval_k: int = 5, vote_fraction: float = 0.5, bootstrap_samples: int = 1000,
-             bootstrap_seed: int = 0, head_coverage: float = 0.8, max_bad_fraction: float = 0.5,
+             kernels: str = "fast", floor_k: int = 3, retrieval_k: int = 5, vote_fraction: float = 0.5,
+             bootstrap_samples: int = 1000, bootstrap_seed: int = 0, head_coverage: float = 0.8,
+             max_bad_fraction: float = 0.5,
              progress: Callable[[str, int], Callable[[int], None]] | None = None,
              log: Callable[[str], None] = print) -> tuple[dict, dict[str, SystemDecode]]:
     """Score the model `systems` and the baselines on the rendered test split; returns (report result, decodes).

@@ -6,7 +6,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from toolsel.fastmath import EXP_FLOOR, attention, exp_shifted, softmax32, softmax_entropy, tanh32
+import mlx.nn as nn
+
+from toolsel.fastmath import (EXP_FLOOR, attention, exp_shifted, softcap_cross_entropy, softmax, softmax32,
+                              softmax_entropy, tanh32)
 
 
 def test_exp_is_within_2e7_relative_and_flushes_below_the_floor():
@@ -42,6 +45,42 @@ def test_softmax_and_entropy_match_mlx():
     assert abs(softmax_entropy(peaked)[1].item() - true) < 1e-9 + 1e-5 * true
 
 
+def test_kernels_compute_the_same_inside_a_compiled_graph():
+    """Compiled (training compiles its whole step) the clamps stay separate ops: the values must not change."""
+    xs = mx.array(np.linspace(-30, 30, 10_001).astype(np.float32))
+    assert mx.array_equal(mx.compile(lambda x: tanh32(x * 0.5) * 2)(xs), tanh32(xs * 0.5) * 2).item()
+    assert mx.array_equal(mx.compile(lambda x: softmax32(x)[0])(xs), softmax32(xs)[0]).item()
+
+
+def test_softmax_gradient_matches_mlx():
+    rng = np.random.default_rng(2)
+    x = mx.array(rng.normal(0, 4, (3, 7, 50)).astype(np.float32))
+    weights = mx.array(rng.normal(size=(3, 7, 50)).astype(np.float32))
+    ours = mx.grad(lambda x: (softmax(x) * weights).sum())(x)
+    theirs = mx.grad(lambda x: (mx.softmax(x, axis=-1, precise=True) * weights).sum())(x)
+    assert mx.abs(ours - theirs).max().item() < 1e-6
+
+
+@pytest.mark.parametrize("cap", [30.0, None])
+def test_softcap_cross_entropy_matches_softcap_then_mlx_cross_entropy(cap):
+    rng = np.random.default_rng(3)
+    logits = mx.array(rng.normal(0, 25, (2, 9, 300)).astype(np.float32))
+    targets = mx.array(rng.integers(0, 300, (2, 9)).astype(np.int32))
+    weights = mx.array(rng.normal(size=(2, 9)).astype(np.float32))  # a cotangent that differs per position
+
+    def reference(x):
+        capped = x if cap is None else mx.tanh(x / cap) * cap
+        return (nn.losses.cross_entropy(capped, targets, reduction="none") * weights).sum()
+
+    ours, ours_grad = mx.value_and_grad(lambda x: (softcap_cross_entropy(x, targets, cap) * weights).sum())(logits)
+    theirs, theirs_grad = mx.value_and_grad(reference)(logits)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-4)
+    assert mx.abs(ours_grad - theirs_grad).max().item() < 2e-6
+    assert mx.abs(ours_grad).sum().item() > 1  # not vacuous
+    per_position = softcap_cross_entropy(logits, targets, cap)
+    assert per_position.shape == targets.shape
+
+
 def test_softmax_of_a_fully_masked_row_is_finite():
     probs, _, _ = softmax32(mx.array([[-1e30, -1e30, -1e30]]))
     assert np.allclose(np.array(probs), 1 / 3)
@@ -63,6 +102,13 @@ def test_attention_matches_mlx_sdpa(mask_kind):
     got = attention(q, k, v, 0.35, mask)
     expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.35, mask=mask)
     assert mx.abs(got - expected).max().item() < 1e-5
+    # and its gradients (training runs it), for every input
+    cotangent = mx.array(rng.normal(size=got.shape).astype(np.float32))
+    ours = mx.grad(lambda *qkv: (attention(*qkv, 0.35, mask) * cotangent).sum(), argnums=(0, 1, 2))(q, k, v)
+    theirs = mx.grad(lambda *qkv: (mx.fast.scaled_dot_product_attention(*qkv, scale=0.35, mask=mask)
+                                   * cotangent).sum(), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, theirs):
+        assert mx.abs(a - b).max().item() < 1e-5
 
 
 def test_attention_keeps_a_fully_masked_query_finite():

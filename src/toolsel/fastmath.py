@@ -42,6 +42,18 @@ def _tanh_rational(c):
     return c * p / q
 
 
+def _unfused(x: mx.array) -> mx.array:
+    """x unchanged, through an op `mx.compile` cannot fuse across (a zero-copy bit view there and back): inside a
+    compiled graph (training compiles its whole step) it keeps a clamp out of the neighbouring arithmetic's fused
+    kernel, where a compare would stop the kernel vectorising; the clamp then runs as mlx's own vectorised op."""
+    return mx.view(mx.view(x, mx.int32), mx.float32)
+
+
+def _clip(x: mx.array, low: float, high: float) -> mx.array:
+    """mx.clip of a float32 array as two separate mlx ops, never fused with its neighbours (see `_unfused`)."""
+    return _unfused(mx.minimum(_unfused(mx.maximum(_unfused(x), low)), high))
+
+
 def tanh32(x: mx.array) -> mx.array:
     """float32 tanh from multiplies and one divide: max abs error 3.2e-7, exactly +-1 once saturated (from |x| ~ 8,
     as float32 tanh from ~9: 1 + tanh must reach 0 in the GeGLU's far left tail); NaN stays NaN.
@@ -51,7 +63,7 @@ def tanh32(x: mx.array) -> mx.array:
     The argument is clamped where the rational function first reaches 1 in float32, so clipping its value to
     [-1, 1] saturates it exactly.
     """
-    return mx.clip(_tanh_rational(mx.clip(x, -_SATURATE, _SATURATE)), -1.0, 1.0)
+    return _clip(_tanh_rational(_clip(x.astype(mx.float32), -_SATURATE, _SATURATE)), -1.0, 1.0)
 
 
 # Only arithmetic inside the compiled functions: a compare, select, minimum or maximum in a fused CPU kernel stops
@@ -78,17 +90,82 @@ def _exp_clamped(d: mx.array) -> mx.array:
 def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
     """exp(x - shift) for float32 x - shift <= 0 (a softmax's shifted scores): max relative error 2e-7 down to
     exp(-87.3); smaller results (float32 subnormals) are 0, exp(-inf) is 0 and NaN stays NaN."""
-    return _exp_clamped(mx.maximum(x - shift, EXP_FLOOR))
+    return _exp_clamped(_floor_clamp(x - shift))
+
+
+def _floor_clamp(d: mx.array) -> mx.array:
+    """max(d, EXP_FLOOR) as mlx's own op (see `_unfused`)."""
+    return _unfused(mx.maximum(_unfused(d), EXP_FLOOR))
 
 
 def softmax32(x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     """Softmax over the last axis in float32: (probabilities, the shifted scores x - max clamped at EXP_FLOOR, the
     sums of exp(x - max))."""
     x = x.astype(mx.float32)
-    shifted = mx.maximum(x - mx.stop_gradient(mx.max(x, axis=-1, keepdims=True)), EXP_FLOOR)
+    shifted = _floor_clamp(x - mx.stop_gradient(mx.max(x, axis=-1, keepdims=True)))
     e = _exp_clamped(shifted)
     total = mx.sum(e, axis=-1, keepdims=True)
     return e / total, shifted, total
+
+
+@mx.custom_function
+def softmax(x: mx.array) -> mx.array:
+    """`softmax32`'s probabilities, differentiable (its exp is built from integer bit operations autodiff cannot
+    follow): the VJP is mlx's softmax VJP, p * (g - sum(p * g))."""
+    return softmax32(x)[0]
+
+
+@softmax.vjp
+def _softmax_vjp(primals, cotangent, output):
+    weighted = output * cotangent
+    return weighted - output * mx.sum(weighted, axis=-1, keepdims=True)
+
+
+def softcap_cross_entropy(logits: mx.array, targets: mx.array, cap: float | None) -> mx.array:
+    """Cross-entropy of `cap * tanh(logits / cap)` (in float32; no cap: of the logits) against integer `targets`,
+    per position: mlx-vlm's soft-cap then `nn.losses.cross_entropy`, fused into one function differentiable in
+    `logits`, with `tanh32` and `exp_shifted` for mlx's scalar tanh and exp."""
+    if cap not in _CROSS_ENTROPY:
+        _CROSS_ENTROPY[cap] = _make_cross_entropy(cap)
+    return _CROSS_ENTROPY[cap](logits, targets)
+
+
+_CROSS_ENTROPY: dict = {}
+
+
+def _make_cross_entropy(cap: float | None):
+    def capped(logits):  # (z, tanh(logits / cap) or None)
+        x = logits.astype(mx.float32)
+        if cap is None:
+            return x, None
+        t = tanh32(x * (1 / cap))
+        return t * cap, t
+
+    @mx.custom_function
+    def cross_entropy(logits, targets):
+        z, _ = capped(logits)
+        peak = mx.stop_gradient(mx.max(z, axis=-1, keepdims=True))
+        total = mx.sum(exp_shifted(z, peak), axis=-1)
+        picked = mx.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+        return mx.log(total) + peak[..., 0] - picked
+
+    @cross_entropy.vjp
+    def cross_entropy_vjp(primals, cotangent, output):
+        # d/dz = softmax(z) - onehot(target), dz/dx = 1 - t^2. Recomputed from the logits (two cheap passes) rather
+        # than keeping a vocabulary-sized probability array alive from the forward pass to the backward pass.
+        logits, targets = primals
+        z, t = capped(logits)
+        index = targets[..., None]
+        scale = cotangent[..., None]
+        if t is not None:
+            scale = scale * (1 - t * t)
+        grad = softmax32(z)[0] * scale
+        at_target = mx.take_along_axis(grad, index, axis=-1) - (
+            scale if t is None else mx.take_along_axis(scale, index, axis=-1))
+        grad = mx.put_along_axis(grad, index, at_target, axis=-1)
+        return grad.astype(logits.dtype), mx.zeros_like(targets)
+
+    return cross_entropy
 
 
 def softmax_entropy(x: mx.array) -> tuple[mx.array, mx.array]:
@@ -127,6 +204,6 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
         if mask.dtype == mx.bool_:  # as an additive bias: mlx's CPU `where` costs ~4.6 ns per float, an add ~0.5
             mask = (1.0 - mask.astype(mx.float32)) * _MASKED
         scores = scores.astype(mx.float32) + mask.astype(mx.float32)
-    probs, _, _ = softmax32(scores)
+    probs = softmax(scores)
     out = probs.astype(values.dtype) @ mx.expand_dims(values, 2)
     return out.reshape(batch, heads, length, dim)

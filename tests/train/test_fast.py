@@ -10,12 +10,11 @@ import pytest
 from mlx.utils import tree_flatten
 
 from toolsel.train.fast import tanh32, use_fast_kernels
-from toolsel.train.loop import make_value_and_grad
+from toolsel.train.loop import accumulate_gradients, make_value_and_grad
 from toolsel.train.lora import prepare_for_training
 from toolsel.train.moe import blocked_experts
 from toolsel.train.objective import diffusion_loss
 from toolsel.train.optim import clip_gradients
-from toolsel.train.parallel import shard_over_streams
 
 
 def _max_rel_diff(a: dict, b: dict) -> tuple[float, str]:
@@ -98,10 +97,15 @@ def test_shards_on_streams_equal_sequential_accumulation(tiny_model_dir, load_ti
     model = load_tiny(tiny_model_dir)
     prepare_for_training(model, method="full")
     batch, key = make_batch(model.config.text_config.vocab_size, batch=3), mx.random.key(5)
-    loss, grads = _grads(make_value_and_grad(model, shard_over_streams(diffusion_loss, 2), False), batch, key)
+    plain = make_value_and_grad(model, diffusion_loss, False)
+
+    def sharded(batch, key, shards=2):
+        grads, loss_sum, ntok, _ = accumulate_gradients(plain, iter([batch]), [key], 1, shards)
+        return loss_sum.item() / ntok, dict(tree_flatten(grads))
+
+    loss, grads = sharded(batch, key)
     keys = mx.random.split(key, 2)
     parts = [({k: v[:1] for k, v in batch.items()}, keys[0]), ({k: v[1:] for k, v in batch.items()}, keys[1])]
-    plain = make_value_and_grad(model, diffusion_loss, False)
     total, expected = 0.0, None
     for shard, k in parts:
         shard_loss, shard_grads = _grads(plain, shard, k)
@@ -111,9 +115,8 @@ def test_shards_on_streams_equal_sequential_accumulation(tiny_model_dir, load_ti
     n_all = batch["canvas"].size
     assert loss == pytest.approx(total / n_all, rel=1e-5)
     assert _max_rel_diff({k: v / n_all for k, v in expected.items()}, grads)[0] < 1e-4
-    one_row = {k: v[:1] for k, v in batch.items()}  # fewer rows than shards: the loss of the row itself
-    assert _grads(make_value_and_grad(model, shard_over_streams(diffusion_loss, 2), False), one_row, key)[0] == \
-        pytest.approx(_grads(plain, one_row, key)[0], rel=1e-6)
+    one_row = {k: v[:1] for k, v in batch.items()}  # fewer rows than shards: the row itself, with the key itself
+    assert sharded(one_row, key)[0] == pytest.approx(_grads(plain, one_row, key)[0], rel=1e-6)
 
 
 def test_compiled_step_equals_plain_and_restores_the_weights(tiny_model_dir, load_tiny, make_batch):
@@ -141,3 +144,28 @@ def test_clip_gradients_matches_mlx():
         theirs, their_norm = optim.clip_grad_norm(grads, max_norm)
         assert norm.item() == pytest.approx(their_norm.item(), rel=1e-5)
         assert _max_rel_diff(dict(tree_flatten(theirs)), dict(tree_flatten(ours)))[0] < 1e-5
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_update_spread_over_streams_is_bit_identical(clip):
+    """Each parameter's AdamW update on its own CPU stream (and clipping fused into it) changes no bit."""
+    from mlx.utils import tree_map
+
+    from toolsel.train.loop import make_update
+    from toolsel.train.optim import build_optimizer
+
+    results = []
+    for streams in (1, 3):
+        mx.random.seed(0)
+        model = nn.Sequential(nn.Linear(40, 64), nn.Linear(64, 8), nn.Linear(8, 300))
+        grads = tree_map(lambda p: mx.random.normal(p.shape, key=mx.random.key(p.size)), model.trainable_parameters())
+        opt = build_optimizer(lr=1e-2, lr_min=1e-3, warmup_steps=0, total_steps=3)
+        opt.init(model.trainable_parameters())
+        update = make_update(model, opt, clip, compiled=True, streams=streams)
+        norms = [update(grads) for _ in range(2)]
+        mx.eval(model.parameters(), norms)
+        results.append((dict(tree_flatten(model.parameters())), [n.item() for n in norms]))
+    (params_1, norms_1), (params_3, norms_3) = results
+    assert norms_1 == norms_3
+    assert all(mx.array_equal(params_1[k], params_3[k]).item() for k in params_1)
+    assert "apply_single" not in vars(opt)  # the wrapper is removed again

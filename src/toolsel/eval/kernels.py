@@ -14,40 +14,15 @@ the logits move by rounding only: decisions agree with stock generate except at 
 decoded identically, bench/eval_throughput.py). `exact` keeps mlx-vlm's kernels, bit-identical to stock `generate`.
 
 On a GPU mlx's kernels are vectorised already: `fast` changes nothing there.
-Mechanics: mlx-vlm's Attention calls the module-level `scaled_dot_product_attention`; we replace that name once with a
-pass-through that takes the fast path only inside a patched instance's call (a context variable), so every other
-model in the process, stock generate included, runs mlx-vlm's code unchanged.
 """
 
 from __future__ import annotations
 
-import contextvars
-
 import mlx.core as mx
-from mlx_vlm.models.diffusion_gemma import language
 
-from toolsel.fastmath import attention
-from toolsel.train.fast import _swap, use_fast_kernels
+from toolsel.train.fast import use_fast_kernels
 
 KERNELS = ("fast", "exact")
-
-_FAST_ATTENTION = contextvars.ContextVar("toolsel_fast_attention", default=False)
-_STOCK_SDPA = language.scaled_dot_product_attention
-
-
-def _dispatch_sdpa(queries, keys, values, cache, scale, mask, sinks=None):
-    plain_cache = cache is None or not hasattr(cache, "dequantize")  # quantized KV caches keep their own kernels
-    if _FAST_ATTENTION.get() and sinks is None and plain_cache:
-        return attention(queries, keys, values, scale, mask)
-    return _STOCK_SDPA(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-
-
-def _fast_attention_call(self, *args, **kwargs):
-    token = _FAST_ATTENTION.set(True)
-    try:
-        return type(self).__mro__[1].__call__(self, *args, **kwargs)
-    finally:
-        _FAST_ATTENTION.reset(token)
 
 
 def use_fast_eval_kernels(model) -> bool:
@@ -55,10 +30,6 @@ def use_fast_eval_kernels(model) -> bool:
     if mx.default_device() != mx.cpu:
         return False
     use_fast_kernels(model, tiled_experts=False)
-    language.scaled_dot_product_attention = _dispatch_sdpa
-    for module in model.modules():
-        if isinstance(module, language.Attention):
-            _swap(module, _fast_attention_call)
     model._toolsel_fast_eval = True
     return True
 

@@ -9,23 +9,32 @@ self-conditioning) and for the vocabulary soft-cap. Here:
   vectorised fused loop), as `mx.custom_function`s with hand-written VJPs, so the backward pass is as short as the
   forward (autodiff through the rational function would be ~30 elementwise ops).
 - The routed experts run as `toolsel.train.moe.blocked_experts` (sgemm on tiles of one expert, not sgemv per token).
+- On the CPU, every attention layer runs `toolsel.fastmath.attention` (softmax from a vectorised exp, differentiable)
+  instead of mlx's `scaled_dot_product_attention`, whose CPU path (and its VJP) is mostly scalar exp and selects;
+  on a GPU mlx's fused attention is kept.
+- `fast_cross_entropy(model)` tells the objective to fuse the soft-cap into the loss
+  (`toolsel.fastmath.softcap_cross_entropy`): mlx's cross-entropy pays a scalar exp per logit twice.
 
 The forward and backward bodies are compiled functions, so they run as fused loops even outside a compiled graph;
-training compiles the whole step (`toolsel.train.loop`). Eval installs the same patch without the tiles, plus a fast
-attention softmax (`toolsel.eval.kernels`). tests/train/test_loop.py and tests/train/test_fast.py check loss and
-every gradient against mlx-vlm's own kernels.
-The model code itself is untouched: the patch swaps the class of this model's MLP, self-conditioning, GeGLU and
-Experts modules for a subclass with a new `__call__`, and its `_softcap` (per instance; other models in the process
-are unaffected).
+training compiles the whole step (`toolsel.train.loop`). Eval installs the same patch without the tiles
+(`toolsel.eval.kernels`). tests/train/test_loop.py and tests/train/test_fast.py check loss and every gradient
+against mlx-vlm's own kernels.
+The model code itself is untouched: the patch swaps the class of this model's MLP, self-conditioning, GeGLU, Experts
+and Attention modules for a subclass with a new `__call__`, and its `_softcap` (per instance; other models in the
+process are unaffected). mlx-vlm's Attention calls the module-level `scaled_dot_product_attention`: that name is
+replaced once by a pass-through that takes the fast path only inside a patched instance's call (a context
+variable), so every other model, stock generate included, runs mlx-vlm's code unchanged.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import mlx.core as mx
+from mlx_vlm.models.diffusion_gemma import language
 
-from toolsel.fastmath import tanh32
+from toolsel.fastmath import attention, tanh32
 from toolsel.train.moe import blocked_experts
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -116,6 +125,25 @@ def _experts_call(self, x, top_k_indices):
     return blocked_experts(self.gate_up_proj, self.down_proj, self.activation, self.hidden_dims, x, top_k_indices)
 
 
+_FAST_ATTENTION = contextvars.ContextVar("toolsel_fast_attention", default=False)
+_STOCK_SDPA = language.scaled_dot_product_attention
+
+
+def _dispatch_sdpa(queries, keys, values, cache, scale, mask, sinks=None):
+    plain_cache = cache is None or not hasattr(cache, "dequantize")  # quantized KV caches keep their own kernels
+    if _FAST_ATTENTION.get() and sinks is None and plain_cache:
+        return attention(queries, keys, values, scale, mask)
+    return _STOCK_SDPA(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+
+
+def _fast_attention_call(self, *args, **kwargs):
+    token = _FAST_ATTENTION.set(True)
+    try:
+        return type(self).__mro__[1].__call__(self, *args, **kwargs)
+    finally:
+        _FAST_ATTENTION.reset(token)
+
+
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -132,6 +160,11 @@ def _swap(module, call) -> None:
 def use_fast_kernels(model, tiled_experts: bool = True) -> None:
     """Install the patch on this model (idempotent). `tiled_experts=False` keeps mlx-vlm's expert matmuls (eval:
     a decoding step routes too few tokens per expert for tiles to pay)."""
+    if mx.default_device() == mx.cpu:
+        language.scaled_dot_product_attention = _dispatch_sdpa
+        for module in model.modules():
+            if isinstance(module, language.Attention):
+                _swap(module, _fast_attention_call)
     if not getattr(model, "_toolsel_fast_softcap", False):
         model._softcap = softcap(float(model.final_logit_softcapping))
         model._toolsel_fast_softcap = True
@@ -144,10 +177,13 @@ def use_fast_kernels(model, tiled_experts: bool = True) -> None:
             _swap(layer.experts, _experts_call)
 
 
+def fast_cross_entropy(model) -> bool:
+    """Whether the objective should use `toolsel.fastmath.softcap_cross_entropy` (the patch is installed)."""
+    return bool(getattr(model, "_toolsel_fast_softcap", False))
+
+
 def use_reference_kernels(model) -> None:
     """Undo `use_fast_kernels` (tests compare both)."""
-    from mlx_vlm.models.diffusion_gemma import language
-
     model._softcap = language.make_compiled_softcap(float(model.final_logit_softcapping))
     model._toolsel_fast_softcap = False
     model._toolsel_fast_eval = False

@@ -15,14 +15,15 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from toolsel.progress import bar
 from toolsel.train.batches import batch_tokens
 from toolsel.train.fast import use_fast_kernels
-from toolsel.train.optim import clip_gradients
-from toolsel.train.parallel import shard_over_streams
+from toolsel.train.optim import clip_scale, global_norm
+from toolsel.streams import on_stream
+from toolsel.train.parallel import leaf_streams, row_shards, updates_over_streams
 
 
 @dataclass
@@ -75,27 +76,50 @@ def evaluate(model, loss_fn, batches, seed: int) -> float:
     return total.item() / max(count, 1)
 
 
-def accumulate_gradients(value_and_grad, batches, keys, count: int):
-    """Token-weighted mean gradient over `count` micro-batches, evaluating each at once (one micro-batch's peak).
+def accumulate_gradients(value_and_grad, batches, keys, count: int, shards: int = 1):
+    """Token-weighted mean gradient over `count` micro-batches, evaluating each at once (one micro-batch's peak);
+    each micro-batch's row shards run concurrently on CPU streams (toolsel.train.parallel).
 
     Returns (gradient, loss sum, tokens supervised, tokens processed): the gradient and loss sum / tokens supervised
     are exactly those of one big batch made of all the micro-batches.
     """
-    if count == 1:  # no weighting needed (and no two extra passes over every gradient)
-        batch = next(batches)
-        (loss, ntokens), grads = value_and_grad(batch, keys[0])
-        mx.eval(grads, loss)
-        return grads, loss.astype(mx.float32) * ntokens, int(ntokens), batch_tokens(batch)
-    grad_sum, loss_sum, ntok, tokens = None, mx.array(0.0), 0, 0
+    parts, tokens = [], 0  # (grads, mean loss, supervised tokens) of every shard of every micro-batch
     for micro in range(count):
         batch = next(batches)
-        (loss, ntokens), grads = value_and_grad(batch, keys[micro])
-        grads = tree_map(lambda g: g * ntokens, grads)
-        grad_sum = grads if grad_sum is None else tree_map(mx.add, grad_sum, grads)
-        loss_sum = loss_sum + loss.astype(mx.float32) * ntokens
-        ntok, tokens = ntok + int(ntokens), tokens + batch_tokens(batch)
-        mx.eval(grad_sum, loss_sum)
-    return tree_map(lambda g: g / ntok, grad_sum), loss_sum, ntok, tokens
+        tokens += batch_tokens(batch)
+        evaluated = []
+        for rows, key, stream in row_shards(batch, keys[micro], shards):
+            with on_stream(stream):
+                evaluated.append(value_and_grad(rows, key))
+        mx.eval(evaluated)
+        parts += [(grads, loss, int(ntokens)) for (loss, ntokens), grads in evaluated]
+        if len(parts) > 1:  # one running sum: memory stays at one micro-batch's gradients
+            parts = [_merge(parts, shards)]
+            if micro + 1 < count:
+                mx.eval(parts[0][:2])  # the last merge is left to the update's evaluation
+    grads, loss, ntok = parts[0]
+    return grads, loss.astype(mx.float32) * ntok, ntok, tokens
+
+
+def _merge(parts, streams: int):
+    """One (grads, mean loss, tokens) from several, token-weighted; each parameter on its `leaf_streams` stream."""
+    total = sum(n for _, _, n in parts)
+    weights = [mx.array(n / total, dtype=mx.float32) for _, _, n in parts]
+    flat = [tree_flatten(grads) for grads, _, _ in parts]
+    names = [name for name, _ in flat[0]]
+    leaves = list(zip(*[[g for _, g in part] for part in flat]))  # per parameter, its gradient in every part
+    merged = []
+    for same_param, stream in zip(leaves, leaf_streams([g[0] for g in leaves], streams)):
+        with on_stream(stream):
+            merged.append(_weighted_sum(list(same_param), weights))
+    loss = sum(w * loss.astype(mx.float32) for w, (_, loss, _) in zip(weights, parts))
+    return tree_unflatten(list(zip(names, merged))), loss, total
+
+
+@mx.compile
+def _weighted_sum(arrays, weights):
+    # compiled: one fused pass instead of a multiply and an add per part
+    return sum(w.astype(a.dtype) * a for w, a in zip(weights, arrays))
 
 
 def make_value_and_grad(model, loss_fn: Callable, compiled: bool):
@@ -124,12 +148,16 @@ def make_value_and_grad(model, loss_fn: Callable, compiled: bool):
     return value_and_grad
 
 
-def make_update(model, optimizer, grad_clip: float | None, compiled: bool):
-    """grads -> grad norm: clip, then one AdamW update in place (compiled: one fused pass over the weights)."""
+def make_update(model, optimizer, grad_clip: float | None, compiled: bool, streams: int = 1):
+    """grads -> grad norm: clip, then one AdamW update in place (compiled: one fused pass over the weights), the
+    parameters spread over `streams` CPU streams."""
 
     def update(grads):
-        grads, grad_norm = clip_gradients(grads, grad_clip)
-        optimizer.update(model, grads)
+        leaves = [g for _, g in tree_flatten(grads)]
+        placement = leaf_streams(leaves, streams)
+        grad_norm = global_norm(grads, placement)
+        with updates_over_streams(optimizer, leaves, placement, clip_scale(grad_norm, grad_clip)):
+            optimizer.update(model, grads)
         return grad_norm
 
     if not compiled:
@@ -153,8 +181,8 @@ def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args:
         # back from the OS as fresh pages the kernel must zero (~6% of a training step, measured with perf).
         mx.set_cache_limit(max(mx.get_active_memory() * 2, 2 << 30))
     optimizer.init(model.trainable_parameters())  # fills in missing moments only; compile must see the whole state
-    value_and_grad = make_value_and_grad(model, shard_over_streams(loss_fn, args.shards), args.compile)
-    update = make_update(model, optimizer, args.grad_clip, args.compile)
+    value_and_grad = make_value_and_grad(model, loss_fn, args.compile)
+    update = make_update(model, optimizer, args.grad_clip, args.compile, args.shards)
     rng = mx.array(state.rng, dtype=mx.uint32)
     progress = bar(total=args.steps, desc="train", unit="step")
     progress.update(state.step)
@@ -165,7 +193,7 @@ def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args:
         mx.random.seed(int(step_key[0].item()))
         tic = time.perf_counter()
         grads, loss_sum, ntok, tokens = accumulate_gradients(value_and_grad, train_batches, micro_keys,
-                                                             args.grad_accum)
+                                                             args.grad_accum, args.shards)
         grad_norm = update(grads)
         mx.eval(model.trainable_parameters(), optimizer.state, grad_norm)
         seconds = time.perf_counter() - tic

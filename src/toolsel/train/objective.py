@@ -21,6 +21,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from toolsel.fastmath import softcap_cross_entropy, softmax32
+from toolsel.train.fast import fast_cross_entropy
+
 
 class TrainCache:
     """One layer's encoder KV, kept whole: no preallocation or rotation, so gradients reach the encoder through it.
@@ -115,11 +118,23 @@ def softcapped_logits(model, hidden: mx.array) -> mx.array:
     return model._softcap(model.model.decoder.embed_tokens.as_linear(hidden))
 
 
+def token_cross_entropy(model, hidden: mx.array, targets: mx.array) -> mx.array:
+    """Per-position CE of the fp32 soft-capped logits of `hidden` against `targets` (the fast kernels fuse the
+    soft-cap into the loss: toolsel.train.fast)."""
+    if fast_cross_entropy(model):
+        logits = model.model.decoder.embed_tokens.as_linear(hidden)
+        return softcap_cross_entropy(logits, targets, float(model.final_logit_softcapping))
+    return nn.losses.cross_entropy(softcapped_logits(model, hidden), targets, reduction="none")
+
+
 def self_conditioning_embeddings(model, logits: mx.array, select: mx.array | None = None) -> mx.array:
     """softmax(logits) @ E * sqrt(hidden), as the reference decoder builds them; rows of unselected examples are 0."""
     decoder = model.model.decoder
     embed = decoder.embed_tokens
-    probs = mx.softmax(logits.astype(mx.float32), axis=-1, precise=True)
+    if fast_cross_entropy(model):
+        probs = softmax32(logits)[0]
+    else:
+        probs = mx.softmax(logits.astype(mx.float32), axis=-1, precise=True)
     if isinstance(embed, nn.QuantizedEmbedding):
         soft = mx.quantized_matmul(
             probs.astype(embed.scales.dtype),
@@ -139,25 +154,29 @@ def self_conditioning_embeddings(model, logits: mx.array, select: mx.array | Non
     return soft
 
 
-def decode(model, canvas: mx.array, caches, prompt_mask: mx.array, sc_embeddings: mx.array | None = None):
-    """Decoder logits [B, C, V] for `canvas` attending to `caches`; padded encoder keys masked by `prompt_mask`."""
+def decode_hidden(model, canvas: mx.array, caches, prompt_mask: mx.array, sc_embeddings: mx.array | None = None):
+    """Decoder hidden states [B, C, D] for `canvas` attending to `caches`; padded encoder keys masked by
+    `prompt_mask`."""
     decoder_mask = mx.concatenate(
         [prompt_mask.astype(mx.bool_), mx.ones(canvas.shape, dtype=mx.bool_)], axis=1
     )
-    hidden = model.model.decoder(
+    return model.model.decoder(
         canvas,
         cache=caches,
         self_conditioning_embeddings=sc_embeddings,
         decoder_attention_mask=decoder_mask,
     )
-    return softcapped_logits(model, hidden)
+
+
+def decode(model, canvas: mx.array, caches, prompt_mask: mx.array, sc_embeddings: mx.array | None = None):
+    """Decoder logits [B, C, V] (fp32, soft-capped) of `decode_hidden`."""
+    return softcapped_logits(model, decode_hidden(model, canvas, caches, prompt_mask, sc_embeddings))
 
 
 def encoder_ar_loss(model, hidden: mx.array, tokens: mx.array, mask: mx.array) -> mx.array:
     """Mean next-token CE of the encoder's soft-capped logits over real (non-pad) target positions."""
-    logits = softcapped_logits(model, hidden[:, :-1])
     valid = (mask[:, 1:] * mask[:, :-1]).astype(mx.float32)
-    ce = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none")
+    ce = token_cross_entropy(model, hidden[:, :-1], tokens[:, 1:])
     return (ce * valid).sum() / mx.maximum(valid.sum(), 1.0)
 
 
@@ -190,8 +209,7 @@ def denoising_losses(
     if self_cond is not None:
         first = mx.stop_gradient(decode(model, noisy, caches, prompt_mask))
         sc_embeddings = self_conditioning_embeddings(model, first, self_cond)
-    logits = decode(model, noisy, caches, prompt_mask, sc_embeddings)
-    ce = nn.losses.cross_entropy(logits, canvas, reduction="none")
+    ce = token_cross_entropy(model, decode_hidden(model, noisy, caches, prompt_mask, sc_embeddings), canvas)
     return ce, ar_loss
 
 

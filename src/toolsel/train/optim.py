@@ -8,6 +8,8 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from toolsel.streams import on_stream
+
 
 def lr_schedule(lr: float, lr_min: float, warmup_steps: int, total_steps: int):
     """step (updates done so far, from 0) -> learning rate.
@@ -48,22 +50,31 @@ def build_optimizer(
     )
 
 
-def global_norm(grads) -> mx.array:
-    """The L2 norm of all gradients together, in float32.
+def global_norm(grads, streams: list | None = None) -> mx.array:
+    """The L2 norm of all gradients together, in float32 (each leaf's part on its stream in `streams`, if given).
 
     Each gradient's sum of squares is a dot product (a BLAS call): on CPU, mlx's `sum` of a float32 array is a
     serial loop, 10x slower and less accurate (16.29M instead of 16.76M for 16.7M squares of N(0, 1) draws).
     """
-    squares = [(g.reshape(1, -1).astype(mx.float32) @ g.reshape(-1, 1).astype(mx.float32)).reshape(())
-               for _, g in tree_flatten(grads)]
+    leaves = [g for _, g in tree_flatten(grads)]
+    squares = []
+    for g, stream in zip(leaves, streams or [None] * len(leaves)):
+        with on_stream(stream):
+            flat = g.reshape(1, -1).astype(mx.float32)
+            squares.append((flat @ flat.T).reshape(()))
     return mx.sqrt(sum(squares))
+
+
+def clip_scale(norm: mx.array, max_norm: float | None) -> mx.array | None:
+    """The factor that brings a global gradient norm down to `max_norm` (None: no clipping)."""
+    return mx.minimum(max_norm / (norm + 1e-6), 1.0) if max_norm else None
 
 
 def clip_gradients(grads, max_norm: float | None):
     """(grads scaled so their global L2 norm is at most max_norm, the norm before clipping), as
     `mlx.optimizers.clip_grad_norm`."""
     norm = global_norm(grads)
-    if not max_norm:
+    scale = clip_scale(norm, max_norm)
+    if scale is None:
         return grads, norm
-    scale = mx.minimum(max_norm / (norm + 1e-6), 1.0)
     return tree_map(lambda g: g * scale.astype(g.dtype), grads), norm

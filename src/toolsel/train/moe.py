@@ -37,7 +37,7 @@ def expert_tiles(top_k_indices: mx.array, num_experts: int, block: int):
 
 
 def blocked_experts(gate_up_proj, down_proj, activation, hidden_dims: int, x: mx.array, top_k_indices: mx.array,
-                    block: int = 32) -> mx.array:
+                    block: int = 16) -> mx.array:
     """mlx-vlm `Experts.__call__(x [T, D], top_k_indices [T, k])` -> [T, k, D], computed tile by tile."""
     tokens, k = top_k_indices.shape
     num_experts = gate_up_proj["weight"].shape[0]

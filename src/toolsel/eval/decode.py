@@ -32,6 +32,7 @@ import numpy as np
 from mlx_vlm.models.diffusion_gemma.language import _cache_offset, _cache_state
 from mlx_vlm.sample_utils import clamp_temperature
 
+from toolsel.allocator import roomy_buffer_cache
 from toolsel.eval.kernels import uses_fast_eval_kernels
 from toolsel.fastmath import softmax_entropy
 from toolsel.streams import cpu_streams, on_stream
@@ -374,6 +375,12 @@ def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: S
     results: list[Decoded | None] = [None] * len(prompts)
     streams = lane_streams(lanes)
     plan = plan_batches([len(p) for p in prompts], batch_size, bucket)
+    with roomy_buffer_cache():
+        _decode_groups(model, prompts, seeds, cfg, pad_id, plan, bucket, streams, results, on_batch)
+    return results  # type: ignore[return-value]
+
+
+def _decode_groups(model, prompts, seeds, cfg, pad_id, plan, bucket, streams, results, on_batch) -> None:
     for first in range(0, len(plan), len(streams)):
         group = plan[first:first + len(streams)]
         started = [start_batch(model, [prompts[i] for i in batch], [seeds[i] for i in batch], cfg, pad_id=pad_id,
@@ -385,7 +392,6 @@ def decode(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], cfg: S
                 results[i] = Decoded(tokens=row, steps=int(n))
             if on_batch is not None:
                 on_batch(len(batch))
-    return results  # type: ignore[return-value]
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from toolsel.allocator import roomy_cache_limit
 from toolsel.progress import bar
+from toolsel.streams import on_stream
 from toolsel.train.batches import batch_tokens
 from toolsel.train.fast import use_fast_kernels
 from toolsel.train.optim import clip_scale, global_norm
-from toolsel.streams import on_stream
 from toolsel.train.parallel import leaf_streams, row_shards, updates_over_streams
 
 

@@ -37,12 +37,15 @@ def make_converging(src, out_dir, stop_entropy):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, model_tokenizer_dir):
-    from toolsel.model.tiny import build_tiny, tiny_config
+    from toolsel.model.tiny import build_tiny, quantize_tiny, tiny_config
 
     root = tmp_path_factory.mktemp("decode")
     tokenizer = padded_tokenizer(model_tokenizer_dir, root / "tokenizer")
     plain = build_tiny(root / "plain", tokenizer, tiny_config(vocab_size=64), seed=0)
-    return {"plain": plain, "converging": make_converging(plain, root / "converging", 0.3)}
+    converging = make_converging(plain, root / "converging", 0.3)
+    quantized = quantize_tiny(converging, root / "quantized")
+    shutil.copy(converging / "generation_config.json", quantized / "generation_config.json")
+    return {"plain": plain, "converging": converging, "quantized": quantized}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def stock_generate(model, processor, prompt, seed, *, sampler, temperature):
 
 
 def check_against_stock(model_dir, prompts, *, sampler, temperature=0.0, stop_entropy=0.005, bucket=32,
-                        kernels="exact"):
+                        kernels="exact", batch_size=4):
     import mlx_vlm
 
     from toolsel.eval.kernels import apply_kernels
@@ -85,7 +88,8 @@ def check_against_stock(model_dir, prompts, *, sampler, temperature=0.0, stop_en
     apply_kernels(ours, kernels)
     cfg = D.SamplerConfig(sampler=sampler, steps=STEPS, temperature=temperature, stop_entropy=stop_entropy)
     seeds = [1000 + i for i in range(len(prompts))]
-    decoded = D.decode(ours, prompts, seeds, cfg, pad_id=tokenizer.pad_token_id, batch_size=4, bucket=bucket)
+    decoded = D.decode(ours, prompts, seeds, cfg, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                       bucket=bucket)
     stops = D.stop_token_ids(ours, tokenizer)
     stock, processor = mlx_vlm.load(str(model_dir))
     steps = []
@@ -122,6 +126,56 @@ def test_sampled_batch_equals_stock_generate(dirs, same_length_groups):
 def test_padded_buckets_with_early_stop_equal_stock_generate(dirs, prompts, sampler):
     steps = check_against_stock(dirs["converging"], prompts, sampler=sampler, stop_entropy=0.3, bucket=32)
     assert len(set(steps)) > 1 and max(steps) < STEPS  # stops fire, at different steps per example
+
+
+def one_bucket(prompts, length=30):
+    """The prompts cut or padded (with a real token) to one length: no padding differences, bit-exact."""
+    return [p[:length] + [7] * (length - len(p[:length])) for p in prompts]
+
+
+# Continuous batching: with 2 slots for 6 prompts, rows that stop early are replaced by the queue's next prompt at
+# its own first step (no self-conditioning, no history) beside rows mid-way: each must still decode what stock
+# generate decodes alone, step counts included.
+@pytest.mark.parametrize("sampler", ["entropy-bound", "confidence"])
+def test_rows_joining_a_running_batch_decode_what_stock_generate_decodes(dirs, prompts, sampler):
+    steps = check_against_stock(dirs["converging"], one_bucket(prompts), sampler=sampler, stop_entropy=0.3,
+                                bucket=1, batch_size=2)
+    assert len(set(steps)) > 1 and max(steps) < STEPS  # rows leave at different steps: later ones join mid-way
+    padded = check_against_stock(dirs["converging"], prompts + prompts[::-1], sampler=sampler, stop_entropy=0.3,
+                                 bucket=32, batch_size=2)
+    assert len(set(padded)) > 1
+
+
+def test_quantized_embedding_rows_join_exactly(dirs, prompts):
+    """A quantized embedding: mlx-vlm self-conditions from the logits itself; we pass the same embeddings (so a
+    first-step row can sit beside others), bit for bit."""
+    steps = check_against_stock(dirs["quantized"], one_bucket(prompts), sampler="entropy-bound",
+                                stop_entropy=0.3, bucket=1, batch_size=2)
+    assert len(set(steps)) > 1
+
+
+@pytest.mark.parametrize("kind", ["plain", "quantized"])
+def test_a_joining_row_computes_what_it_computes_alone(dirs, prompts, kind):
+    """Bit for bit, on the decoder's logits: a row at its first step beside rows that self-condition gets the
+    decoder's 'none' (float and quantized embedding), and a quantized embedding's signal passed as embeddings is the
+    one mlx-vlm computes from the logits."""
+    from toolsel.model.load import load_model
+
+    model, _ = load_model(dirs[kind])
+    rows = one_bucket(prompts)[:3]
+    canvas = mx.array([[(i * 37 + r) % 60 for i in range(model.config.canvas_length)] for r in range(3)])
+    vocab = model.config.text_config.vocab_size
+    processed = mx.random.normal((2, model.config.canvas_length, vocab), key=mx.random.key(3)) * 4
+    both = D.prefill(model, rows[:2], pad_id=0).extend(D.prefill(model, rows[2:], pad_id=0))
+    signal = mx.concatenate([both.self_conditioning(processed), both.blank_self_conditioning(1)])
+    mixed = both.logits(canvas, signal)
+    alone = D.prefill(model, rows[2:], pad_id=0).logits(canvas[2:], None)
+    assert mx.array_equal(mixed[2:], alone)
+    stock = model.diffusion_decoder_logits(canvas[:2], cache=D.prefill(model, rows[:2], pad_id=0).cache,
+                                           self_conditioning=model.diffusion_self_conditioning(
+                                               processed, model.diffusion_prepare_self_conditioning()))
+    assert mx.array_equal(mixed[:2], stock)
+    assert not mx.array_equal(mixed[:2], both.select(mx.array([0, 1])).logits(canvas[:2], None))
 
 
 @pytest.mark.parametrize("sampler", ["entropy-bound", "confidence"])
@@ -178,7 +232,7 @@ def test_early_stop_of_one_example_does_not_change_the_others(dirs, prompts):
 
     model, tokenizer = load_model(dirs["converging"])
     cfg = D.SamplerConfig(steps=STEPS, stop_entropy=0.3)
-    same_length = [p[:30] + [7] * (30 - len(p[:30])) for p in prompts]  # one bucket, no padding differences
+    same_length = one_bucket(prompts)
     seeds = list(range(len(same_length)))
     together = D.decode(model, same_length, seeds, cfg, pad_id=0, batch_size=len(same_length))
     alone = [D.decode(model, [p], [s], cfg, pad_id=0)[0] for p, s in zip(same_length, seeds)]
@@ -308,8 +362,8 @@ def test_key_streams_replay_the_global_generator_per_row():
 
 def test_buckets_left_padding_and_plan():
     assert D.bucket_length(1, 32) == 32 and D.bucket_length(33, 32) == 64
-    batches = D.plan_batches([5, 40, 31, 70, 33, 2], batch_size=2, bucket=32)
-    assert batches == [[0, 2], [5], [1, 4], [3]]
+    queues = D.plan_queues([5, 40, 31, 70, 33, 2, 50], bucket=32, size=2)
+    assert queues == [[1, 4], [3], [0, 2], [6], [5]]  # buckets 32: 0 2 5, 64: 1 4 6, 96: 3; most work first
     ids, mask = D.left_pad([[2, 5, 6], [2, 9]], 4, pad_id=0)
     assert ids.tolist() == [[0, 2, 5, 6], [0, 0, 2, 9]]
     assert mask.tolist() == [[False, True, True, True], [False, False, True, True]]

@@ -12,6 +12,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
+# glibc keeps freed memory in its heap instead of returning it to the OS (toolsel.allocator): every block up to 1 GiB
+# comes from the heap, which is trimmed only past 4 GiB free. Read once at process start, so it rides on the re-exec.
+HEAP_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 _MARK = "TOOLSEL_BLAS"  # set after the re-exec, holding the preloaded library (or "none")
 _OPENBLAS = [
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -41,6 +44,7 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
         # MKL's own threads fight MLX's CPU threads (measured: 10-100x stalls); one each is the safe default.
         env.setdefault("MKL_NUM_THREADS", "1")
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("GLIBC_TUNABLES", HEAP_TUNABLES)
     return env
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import mlx.nn as nn
 
-from toolsel.fastmath import (EXP_FLOOR, attention, exp_shifted, softcap_cross_entropy, softmax, softmax32,
+from toolsel.fastmath import (EXP_FLOOR, attention, banded_attention, exp_shifted, softcap_cross_entropy, softmax, softmax32,
                               softmax_entropy, tanh32)
 
 
@@ -116,3 +116,24 @@ def test_attention_keeps_a_fully_masked_query_finite():
     q, k, v = mx.ones((1, 2, 3, 4)), mx.ones((1, 1, 3, 4)), mx.ones((1, 1, 3, 4))
     mask = mx.array([[[[False, False, False], [True, True, False], [True, True, True]]]])
     assert not mx.isnan(attention(q, k, v, 0.5, mask)).any().item()
+
+
+@pytest.mark.parametrize("length,window,mask_rank", [(256, 32, 4), (100, 32, 4), (75, 16, 2)])
+def test_banded_attention_equals_full_attention_on_a_sliding_window(length, window, mask_rank):
+    """Block-banded sliding-window attention (eval's encoder prefill) against the full [L, L] computation, with
+    left padding, lengths that are not whole blocks and grouped heads: equal on every real query within rounding."""
+    batch, heads, kv_heads, dim = 3, 4, 2, 16
+    q, k, v = (mx.random.normal((batch, n, length, dim), key=mx.random.key(i))
+               for i, n in enumerate((heads, kv_heads, kv_heads)))
+    pos = mx.arange(length)
+    sliding = (pos[:, None] >= pos[None, :]) & (pos[:, None] < pos[None, :] + window)
+    starts = np.array([0, 17, length // 2])[:, None]
+    real = mx.array(np.arange(length)[None, :] >= starts)
+    mask = sliding if mask_rank == 2 else sliding[None, None] & real[:, None, None, :]
+    full, banded = attention(q, k, v, 0.25, mask), banded_attention(q, k, v, 0.25, mask, window)
+    rows = np.ones((batch, length), dtype=bool) if mask_rank == 2 else np.array(real)
+    diff = np.abs(np.array(full) - np.array(banded)).max(axis=(1, 3))[rows]
+    assert diff.max() < 1e-6
+    assert np.isfinite(np.array(banded)).all()  # fully masked padding queries stay finite
+    wider = banded_attention(q, k, v, 0.25, mask, 2 * window)  # a block wider than the window: still exact
+    assert np.abs(np.array(wider) - np.array(full)).max(axis=(1, 3))[rows].max() < 1e-6

@@ -207,3 +207,36 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     probs = softmax(scores)
     out = probs.astype(values.dtype) @ mx.expand_dims(values, 2)
     return out.reshape(batch, heads, length, dim)
+
+
+def banded_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: mx.array,
+                     window: int) -> mx.array:
+    """`attention` for a causal sliding-window layer over its own L tokens (an encoder prefill), in O(L * window):
+    query block c (`window` rows) only scores keys [(c - 1) * window, (c + 1) * window), which hold every key the
+    window lets it see. `mask` is the layer's boolean [L, L] or [B or 1, 1, L, L] mask (window, causality, padding)
+    and must already hide everything further back; the blocks' scores come with the same mask entries gathered."""
+    batch, heads, length, dim = queries.shape
+    kv_heads, groups, w = keys.shape[1], heads // keys.shape[1], window
+    blocks = -(-length // w)
+    mask = mask.reshape(-1, 1, length, length) if mask.ndim in (2, 4) else mask
+    extra = blocks * w - length
+    if extra:  # whole blocks: padded queries are dropped at the end, padded keys are masked
+        pad = [(0, 0), (0, 0), (0, extra), (0, 0)]
+        queries, keys, values = mx.pad(queries, pad), mx.pad(keys, pad), mx.pad(values, pad)
+        mask = mx.pad(mask, [(0, 0), (0, 0), (0, extra), (0, extra)], constant_values=False)
+    size = blocks * w
+
+    def banded(x):  # [B, kv, size, D] -> [B, kv, 1, blocks, 2w, D]: each block's previous and own keys
+        chunks = mx.pad(x, [(0, 0), (0, 0), (w, 0), (0, 0)]).reshape(batch, kv_heads, blocks + 1, w, dim)
+        return mx.expand_dims(mx.concatenate([chunks[:, :, :-1], chunks[:, :, 1:]], axis=3), 2)
+
+    q = (queries * scale).reshape(batch, kv_heads, groups, blocks, w, dim)
+    scores = (q @ banded(keys).swapaxes(-1, -2)).astype(mx.float32)  # [B, kv, groups, blocks, w, 2w]
+    rows = mx.pad(mask, [(0, 0), (0, 0), (0, 0), (w, 0)], constant_values=False)
+    rows = rows.reshape(mask.shape[0], 1, blocks, w, size + w)
+    columns = mx.arange(blocks)[:, None, None] * w + mx.arange(2 * w)[None, None, :]  # padded key coordinates
+    visible = mx.take_along_axis(rows, mx.broadcast_to(columns, (mask.shape[0], 1, blocks, w, 2 * w)), axis=-1)
+    bias = (1.0 - visible.astype(mx.float32)) * _MASKED
+    probs = softmax(scores + mx.expand_dims(bias, 2))
+    out = probs.astype(values.dtype) @ banded(values)
+    return out.reshape(batch, heads, size, dim)[:, :, :length]

@@ -390,3 +390,25 @@ def test_config_rejects_bad_values():
         D.SamplerConfig(sampler="greedy")
     with pytest.raises(ValueError):
         D.SamplerConfig(t_min=0.9, t_max=0.8)
+
+
+def test_prefill_bands_sliding_layers_and_keeps_the_logits(dirs, monkeypatch):
+    """Eval's prefill (fast kernels) runs the sliding layers block-banded (fastmath.banded_attention) and the
+    decoder's logits stay those of the full-attention prefill within rounding."""
+    from toolsel.eval.kernels import use_fast_eval_kernels
+    from toolsel.model.load import load_model
+    from toolsel.train import fast
+
+    model, _ = load_model(dirs["plain"])
+    use_fast_eval_kernels(model)
+    rng = random.Random(3)
+    rows = [[2] + [rng.randrange(11, 500) for _ in range(n)] for n in (140, 99)]  # >= 3 windows of 32
+    canvas = mx.array([[(i * 37 + r) % 60 for i in range(model.config.canvas_length)] for r in range(2)])
+    calls = []
+    banded = fast.banded_attention
+    monkeypatch.setattr(fast, "banded_attention", lambda *a: calls.append(a[0].shape) or banded(*a))
+    ours = D.prefill(model, rows, pad_id=0, length=160).logits(canvas, None)
+    assert len(calls) == 5  # every sliding encoder layer of the tiny model, once
+    monkeypatch.setattr(fast, "_prefill_window", lambda *a: 0)
+    full = D.prefill(model, rows, pad_id=0, length=160).logits(canvas, None)
+    assert mx.max(mx.abs(ours - full)).item() < 1e-4

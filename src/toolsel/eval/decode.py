@@ -33,6 +33,7 @@ from toolsel.eval.sampler import (SAMPLERS, KeyStreams, SamplerConfig, _Lane, co
                                   denoise, denoise_lanes, entropy_bound_mask, example_seed, token_entropy,
                                   token_probability)
 from toolsel.streams import cpu_streams, on_stream
+from toolsel.train.fast import banded_prefill
 
 QUEUE_BATCHES = 4  # a queue holds at most this many batches' worth of one bucket's prompts
 
@@ -166,8 +167,9 @@ def prefill(model, prompts: Sequence[Sequence[int]], *, pad_id: int, length: int
     """Left-pad to `length` (default: the longest prompt) and prefill the encoder: the rows' denoiser."""
     length = length or max(len(p) for p in prompts)
     ids, mask = left_pad(prompts, length, pad_id)
-    cache = model.diffusion_prefill_cache(ids, attention_mask=mask, cache=model.make_cache(), pixel_values=None,
-                                          mm_token_type_ids=None, prefill_step_size=None, chunk_prefill=False)
+    with banded_prefill():  # fast kernels: sliding layers attend in O(L * window), not O(L^2)
+        cache = model.diffusion_prefill_cache(ids, attention_mask=mask, cache=model.make_cache(), pixel_values=None,
+                                              mm_token_type_ids=None, prefill_step_size=None, chunk_prefill=False)
     canvas_length = int(model.config.canvas_length)
     decoder_mask = None if mask is None else mx.concatenate(
         [mask, mx.ones((len(prompts), canvas_length), dtype=mx.bool_)], axis=-1)

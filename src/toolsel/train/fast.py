@@ -28,13 +28,15 @@ variable), so every other model, stock generate included, runs mlx-vlm's code un
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 
 import mlx.core as mx
+from mlx_vlm.models.cache import RotatingKVCache
 from mlx_vlm.models.diffusion_gemma import language
 
-from toolsel.fastmath import attention, tanh32
+from toolsel.fastmath import attention, banded_attention, tanh32
 from toolsel.train.moe import blocked_experts
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -126,14 +128,40 @@ def _experts_call(self, x, top_k_indices):
 
 
 _FAST_ATTENTION = contextvars.ContextVar("toolsel_fast_attention", default=False)
+_BANDED_PREFILL = contextvars.ContextVar("toolsel_banded_prefill", default=False)
 _STOCK_SDPA = language.scaled_dot_product_attention
 
 
 def _dispatch_sdpa(queries, keys, values, cache, scale, mask, sinks=None):
     plain_cache = cache is None or not hasattr(cache, "dequantize")  # quantized KV caches keep their own kernels
     if _FAST_ATTENTION.get() and sinks is None and plain_cache:
+        window = _prefill_window(queries, keys, cache, mask)
+        if window:
+            return banded_attention(queries, keys, values, scale, mask, window)
         return attention(queries, keys, values, scale, mask)
     return _STOCK_SDPA(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+
+
+def _prefill_window(queries, keys, cache, mask) -> int:
+    """The window of a sliding layer's first prefill under `banded_prefill()` (its boolean mask then hides all but
+    the window: mlx-vlm's encoder masks are causal & sliding & padding), when banding pays; else 0."""
+    window = getattr(cache, "max_size", None) if isinstance(cache, RotatingKVCache) else None
+    length = queries.shape[2]
+    if (not _BANDED_PREFILL.get() or not window or length < 3 * window or keys.shape[2] != length
+            or not isinstance(mask, mx.array) or mask.dtype != mx.bool_ or mask.shape[-2:] != (length, length)
+            or (mask.ndim == 4 and mask.shape[1] != 1) or mask.ndim not in (2, 4)):
+        return 0
+    return int(window)
+
+
+@contextlib.contextmanager
+def banded_prefill():
+    """Inside it (eval's encoder prefill), sliding-window layers attend in blocks: `fastmath.banded_attention`."""
+    token = _BANDED_PREFILL.set(True)
+    try:
+        yield
+    finally:
+        _BANDED_PREFILL.reset(token)
 
 
 def _fast_attention_call(self, *args, **kwargs):

@@ -1,7 +1,7 @@
 """Eval decoding throughput: our batched sampler vs a loop over mlx-vlm's stock `generate`, same model and prompts.
 
-Ours: `toolsel.eval.decode.decode` (length buckets, left padding, one full canvas, many prompts per forward, finished
-canvases dropped from the batch, batches stepped in lockstep on parallel CPU streams). Peer:
+Ours: `toolsel.eval.decode.decode` (length buckets, left padding, one full canvas, many prompts per forward, the slots of
+finished canvases refilled from the bucket's queue, queues stepped in lockstep on parallel CPU streams). Peer:
 `mlx_vlm.generate(..., diffusion_full_canvas=True)` once per prompt with the same sampler settings and per-prompt seed,
 its default (uncompiled) path. Both run in this process, one after the
 other, after a warm-up each; outputs are compared prompt by prompt (text and denoising steps). The last line reads

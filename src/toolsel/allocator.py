@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 
+from toolsel.blas import HEAP_TUNABLES
+
 MIN_CACHE_BYTES = 2 << 30
 
 
@@ -29,8 +31,6 @@ def roomy_cache_limit() -> int:
 
 def heap_keeps_memory() -> bool:
     """Whether this process started with `toolsel.blas.HEAP_TUNABLES` (glibc reads them at start only)."""
-    from toolsel.blas import HEAP_TUNABLES
-
     return HEAP_TUNABLES in os.environ.get("GLIBC_TUNABLES", "")
 
 

@@ -218,7 +218,9 @@ def banded_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
     batch, heads, length, dim = queries.shape
     kv_heads, groups, w = keys.shape[1], heads // keys.shape[1], window
     blocks = -(-length // w)
-    mask = mask.reshape(-1, 1, length, length) if mask.ndim in (2, 4) else mask
+    if mask.ndim not in (2, 4):
+        raise ValueError(f"banded attention takes a [L, L] or [B, 1, L, L] mask, got shape {mask.shape}")
+    mask = mask.reshape(-1, 1, length, length)
     extra = blocks * w - length
     if extra:  # whole blocks: padded queries are dropped at the end, padded keys are masked
         pad = [(0, 0), (0, 0), (0, extra), (0, 0)]

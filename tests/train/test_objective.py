@@ -115,7 +115,7 @@ def test_encoder_loss_keeps_the_decoder_on_the_prompt_prefix(model):
 def test_self_conditioning_is_per_example(model):
     batch = make_batch(vocab_of(model))
     noisy, _ = O.corrupt(mx.random.key(6), batch["canvas"], vocab_of(model), 0.5)
-    off, _ = O.denoising_losses(model, batch, noisy)
+    off, _ = O.denoising_losses(model, batch, noisy, joint=False)  # the same graph as the self_cond passes
     on, _ = O.denoising_losses(model, batch, noisy, self_cond=mx.array([True, True, True]))
     mixed, _ = O.denoising_losses(model, batch, noisy, self_cond=mx.array([True, False, True]))
     none, _ = O.denoising_losses(model, batch, noisy, self_cond=mx.array([False, False, False]))
@@ -134,10 +134,12 @@ def test_self_cond_prob_selects_examples_by_key(model):
 
 
 def test_gradients_flow_from_decoder_into_encoder_kv(model, monkeypatch):
+    """The two-pass path (the joint pass computes the same function: tests/train/test_joint.py)."""
     batch = make_batch(vocab_of(model))
+    noisy, _ = O.corrupt(mx.random.key(0), batch["canvas"], vocab_of(model))
 
     def grads():
-        loss_fn = lambda m: O.diffusion_loss(m, batch, mx.random.key(0))[0]  # noqa: E731
+        loss_fn = lambda m: O.denoising_losses(m, batch, noisy, joint=False)[0].mean()  # noqa: E731
         _, g = nn.value_and_grad(model, loss_fn)(model)
         return dict(tree_flatten(g))
 

@@ -132,7 +132,11 @@ _BANDED_PREFILL = contextvars.ContextVar("toolsel_banded_prefill", default=False
 _STOCK_SDPA = language.scaled_dot_product_attention
 
 
-def _dispatch_sdpa(queries, keys, values, cache, scale, mask, sinks=None):
+def dispatch_sdpa(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
+    """mlx-vlm's attention entry point: a joint encoder+decoder call (`toolsel.train.joint.JointMask`) splits into
+    its two halves; the fast kernel inside a patched instance's call; else mlx-vlm's own."""
+    if hasattr(mask, "split_attention"):
+        return mask.split_attention(queries, keys, values, scale, dispatch_sdpa)
     plain_cache = cache is None or not hasattr(cache, "dequantize")  # quantized KV caches keep their own kernels
     if _FAST_ATTENTION.get() and sinks is None and plain_cache:
         window = _prefill_window(queries, keys, cache, mask)
@@ -189,7 +193,7 @@ def use_fast_kernels(model, tiled_experts: bool = True) -> None:
     """Install the patch on this model (idempotent). `tiled_experts=False` keeps mlx-vlm's expert matmuls (eval:
     a decoding step routes too few tokens per expert for tiles to pay)."""
     if mx.default_device() == mx.cpu:
-        language.scaled_dot_product_attention = _dispatch_sdpa
+        language.scaled_dot_product_attention = dispatch_sdpa
         for module in model.modules():
             if isinstance(module, language.Attention):
                 _swap(module, _fast_attention_call)

@@ -23,6 +23,7 @@ import mlx.nn as nn
 
 from toolsel.fastmath import softcap_cross_entropy, softmax32
 from toolsel.train.fast import fast_cross_entropy
+from toolsel.train.joint import joint_hidden
 
 
 class TrainCache:
@@ -187,13 +188,19 @@ def denoising_losses(
     *,
     self_cond: mx.array | None = None,
     with_encoder_loss: bool = False,
+    joint: bool = True,
 ) -> tuple[mx.array, mx.array | None]:
     """Per-position CE [B, C] of the decoder on `noisy` against `batch["canvas"]`, and the encoder AR loss (or None).
 
     `self_cond` (bool [B]) runs the two-pass scheme: a first decoder pass without gradient and with zero
     self-conditioning, whose soft-capped logits condition the second pass for the selected examples only.
+    Without either v2 option (and with `joint`), encoder and decoder run as one pass per layer over
+    [prompt; canvas] (`toolsel.train.joint`): the same function, half the graph.
     """
     prompt, prompt_mask, canvas = batch["prompt"], batch["prompt_mask"], batch["canvas"]
+    if joint and self_cond is None and not with_encoder_loss:
+        hidden = joint_hidden(model, prompt, prompt_mask, noisy, encoder_masks(model, prompt_mask))
+        return token_cross_entropy(model, hidden, canvas), None
     ar_loss = None
     if with_encoder_loss:
         # The encoder reads the whole clean sequence; the decoder sees only the prompt's part of its KV.

@@ -12,6 +12,9 @@ by half, and `JointMask` splits it into the two calls mlx-vlm makes:
 
 The rest is the same computation: rotary positions 0..P+C-1 are the encoder's 0..P-1 and the decoder's offset P;
 per-token ops do not see the concatenation; the encoder's and decoder's layer scalars multiply their own halves.
+The last layer runs as mlx-vlm runs it (encoder call, then decoder call): its prompt rows matter only through their
+keys and values, so the rest of the encoder's last layer is never computed (as in the two-pass path, where the
+unread encoder output is pruned from the graph); joining it would cost an eighth more of the layers' work.
 tests/train/test_joint.py checks loss and every gradient against the two-pass path (encoder into caches, then the
 decoder), which stays in use for the encoder AR loss (its decoder sees a prefix of a longer encoder sequence) and
 for two-pass self-conditioning.
@@ -46,16 +49,22 @@ class JointMask:
         return mx.concatenate([prompt_out, canvas_out], axis=2)
 
 
-class _PromptShape:
-    """What mlx-vlm's `_make_decoder_masks` reads of an encoder cache: its length (the arrays are never computed)."""
+class _PromptKV:
+    """An encoder cache for one layer: records the prompt's keys and values (encoder call) and serves them (decoder
+    call). `length` alone makes the stand-in that mlx-vlm's `_make_decoder_masks` reads (shapes only, never
+    computed)."""
 
-    def __init__(self, batch: int, length: int):
-        self.keys = mx.zeros((batch, 1, length, 1))
+    def __init__(self, batch: int = 0, length: int = 0):
+        self.keys = self.values = mx.zeros((batch, 1, length, 1)) if length else None
         self.offset = length
+
+    def update_and_fetch(self, keys, values):
+        self.keys, self.values, self.offset = keys, values, keys.shape[2]
+        return keys, values
 
     @property
     def decoder_state(self):
-        return self.keys, self.keys
+        return self.keys, self.values
 
 
 def install() -> None:
@@ -75,14 +84,19 @@ def joint_hidden(model, prompt: mx.array, prompt_mask: mx.array, canvas: mx.arra
     canvas_embeds = decoder._embed_canvas(canvas)
     h = mx.concatenate([encoder._embed_inputs(prompt), canvas_embeds], axis=1)
     full_mask = mx.concatenate([prompt_mask.astype(mx.bool_), mx.ones(canvas.shape, dtype=mx.bool_)], axis=1)
-    prompt_caches = [_PromptShape(batch, p)] * len(decoder.layers)
-    decoder_masks = decoder._make_decoder_masks(canvas_embeds, prompt_caches, full_mask)
+    decoder_masks = decoder._make_decoder_masks(canvas_embeds, [_PromptKV(batch, p)] * len(decoder.layers), full_mask)
     window = max(model.config.text_config.sliding_window - 1, 0)
-    for layer, encoder_mask, encoder_layer in zip(decoder.layers, encoder_masks,
-                                                   encoder.language_model.layers):
+    layers = list(zip(decoder.layers, encoder_masks, encoder.language_model.layers))
+    for layer, encoder_mask, encoder_layer in layers[:-1]:
         sliding = layer.layer_type == "sliding_attention"
         mask = JointMask(p, encoder_mask, decoder_masks.get(layer.layer_type), window if sliding else 0)
         scalar = mx.concatenate([mx.broadcast_to(encoder_layer.layer_scalar, (p,)),
                                  mx.broadcast_to(layer.layer_scalar, (c,))])[:, None]
         h = layer(h, mask, None, decoder=False, layer_scalar=scalar)
-    return decoder.norm(h[:, p:])
+    # The last layer's prompt rows feed only the canvas's attention: the encoder call records their keys and values
+    # (its output is never read, so never computed), the decoder call runs the canvas rows alone.
+    layer, encoder_mask, encoder_layer = layers[-1]
+    kv = _PromptKV()
+    layer(h[:, :p], encoder_mask, kv, decoder=False, layer_scalar=encoder_layer.layer_scalar)
+    h = layer(h[:, p:], decoder_masks.get(layer.layer_type), kv, decoder=True, offset=p)
+    return decoder.norm(h)

@@ -169,3 +169,34 @@ def test_update_spread_over_streams_is_bit_identical(clip):
     assert norms_1 == norms_3
     assert all(mx.array_equal(params_1[k], params_3[k]).item() for k in params_1)
     assert "apply_single" not in vars(opt)  # the wrapper is removed again
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_fused_adamw_is_mlx_adamw_bit_for_bit(clip):
+    """The per-weight compiled AdamW pass (toolsel.train.optim) against mlx's own `AdamW.apply_single`: weights and
+    both moments, over several steps of the warmup+cosine schedule, float32 and bfloat16 weights."""
+    from mlx.utils import tree_map
+
+    from toolsel.train.loop import make_update
+    from toolsel.train.optim import build_optimizer
+
+    results = []
+    for fused in (False, True):
+        mx.random.seed(0)
+        model = nn.Sequential(nn.Linear(40, 64), nn.Linear(64, 300))
+        model.layers[1].set_dtype(mx.bfloat16)
+        opt = build_optimizer(lr=1e-2, lr_min=1e-3, warmup_steps=2, total_steps=5, weight_decay=0.1)
+        opt.init(model.trainable_parameters())
+        update = make_update(model, opt, clip, compiled=fused, streams=2)
+        for step in range(4):
+            grads = tree_map(lambda p: mx.random.normal(p.shape, key=mx.random.key(p.size + step)).astype(p.dtype),
+                             model.trainable_parameters())
+            mx.eval(update(grads), model.parameters(), opt.state)
+        results.append((dict(tree_flatten(model.parameters())), dict(tree_flatten(opt.state))))
+    (params_mlx, state_mlx), (params_fused, state_fused) = results
+    assert params_mlx.keys() == params_fused.keys() and state_mlx.keys() == state_fused.keys()
+    for ours, theirs in ((params_fused, params_mlx), (state_fused, state_mlx)):
+        for name in theirs:
+            assert ours[name].dtype == theirs[name].dtype, name
+            assert mx.array_equal(ours[name], theirs[name]).item(), name
+    assert params_fused["layers.1.weight"].dtype == mx.bfloat16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -78,3 +79,47 @@ def clip_gradients(grads, max_norm: float | None):
     if scale is None:
         return grads, norm
     return tree_map(lambda g: g * scale.astype(g.dtype), grads), norm
+
+
+# ---- AdamW as one compiled elementwise pass per parameter ---------------------------------------------------------
+# mlx's AdamW under mx.compile computes its step-dependent scalars (decay, bias corrections) inside the graph and then
+# broadcasts them into the update: the fused CPU kernel sees them as strided arrays and runs a scalar, strided loop
+# (~1 GB/s; measured 101 ms for 4M parameters, 28 ms uncompiled). Computed first and passed in as 0-d inputs, they
+# are scalars of a contiguous kernel: 14 ms. Same ops in the same order as `AdamW.apply_single`: bit-identical.
+
+
+def adamw_scalars(optimizer: optim.AdamW, dtype) -> tuple[mx.array, mx.array, mx.array]:
+    """(weight-decay factor, lr / (1 - b1^t), 1 / sqrt(1 - b2^t)) for this update, as mlx's AdamW computes them."""
+    lr = optimizer.learning_rate.astype(dtype)
+    b1, b2 = optimizer.betas
+    step = optimizer.step
+    return (1 - lr * optimizer.weight_decay, (lr / (1 - b1**step)).astype(dtype),
+            mx.rsqrt(1 - b2**step).astype(dtype))
+
+
+@lru_cache(maxsize=None)
+def _adamw_kernel(b1: float, b2: float, eps: float, scaled: bool):
+    def update(gradient, parameter, m, v, decay, c1, c2, *scale):
+        if scaled:  # gradient clipping, fused into the same pass
+            gradient = gradient * scale[0]
+        parameter = parameter * decay
+        m = b1 * m + (1 - b1) * gradient
+        v = b2 * v + (1 - b2) * mx.square(gradient)
+        return parameter - (c1 * m) / (mx.sqrt(v) * c2 + eps), m, v
+
+    return mx.compile(update)
+
+
+def fused_adamw_single(optimizer: optim.AdamW, gradient: mx.array, parameter: mx.array, state: dict,
+                       scalars: tuple, scale: mx.array | None = None) -> mx.array:
+    """`optimizer.apply_single(gradient * scale, parameter, state)` for a bias-corrected AdamW, in one pass;
+    `scalars` from `adamw_scalars` (computed once per update)."""
+    b1, b2 = optimizer.betas
+    kernel = _adamw_kernel(float(b1), float(b2), float(optimizer.eps), scale is not None)
+    extra = (scale.astype(gradient.dtype),) if scale is not None else ()
+    new, state["m"], state["v"] = kernel(gradient, parameter, state["m"], state["v"], *scalars, *extra)
+    return new
+
+
+def is_fusable(optimizer) -> bool:
+    return isinstance(optimizer, optim.AdamW) and optimizer.bias_correction

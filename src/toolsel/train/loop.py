@@ -94,24 +94,13 @@ def accumulate_gradients(value_and_grad, batches, keys, count: int, shards: int 
         for rows, key, stream in row_shards(batch, keys[micro], shards):
             with on_stream(stream):
                 evaluated.append(value_and_grad(rows, key))
-        mx.eval(_interleaved(evaluated))
         parts += [(grads, loss, int(ntokens)) for (loss, ntokens), grads in evaluated]
-        if len(parts) > 1:  # one running sum: memory stays at one micro-batch's gradients
+        if len(parts) > 1:  # one running sum
             parts = [_merge(parts, shards)]
-            if micro + 1 < count:
-                mx.eval(parts[0][:2])  # the last merge is left to the update's evaluation
+        if micro + 1 < count:  # memory stays at one micro-batch's gradients; the last is left to the update's eval
+            mx.eval(parts[0][:2])
     grads, loss, ntok = parts[0]
     return grads, loss.astype(mx.float32) * ntok, ntok, tokens
-
-
-def _interleaved(shard_outputs: list) -> list:
-    """Every shard's output arrays, one from each shard in turn.
-
-    mlx's scheduler walks the graph breadth-first from the outputs in the order given and keeps ~10 tasks in flight:
-    listed shard by shard, it queued one shard's ops in long runs while the other shard's stream sat idle (perf: one
-    worker ~75% busy); interleaved, both streams get work at every level (bench step 5-10% faster)."""
-    flat = [[array for _, array in tree_flatten(outputs)] for outputs in shard_outputs]
-    return [array for same_place in zip(*flat) for array in same_place]
 
 
 def _merge(parts, streams: int):

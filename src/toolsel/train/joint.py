@@ -67,6 +67,13 @@ class _PromptKV:
         return self.keys, self.values
 
 
+def _canvas_embeddings(decoder, canvas: mx.array) -> mx.array:
+    """mlx-vlm's `decoder._embed_canvas(canvas)` with no self-conditioning: its zero signal makes the
+    self-conditioning MLP's output exactly 0 (no biases, gelu(0) = 0), and its weights' gradients exactly 0, so
+    only the final norm is computed here (the same bits, without the MLP's matmuls forward and backward)."""
+    return decoder.self_conditioning.post_norm(decoder.embed_tokens(canvas) * decoder.embed_scale)
+
+
 def install() -> None:
     """Route mlx-vlm's attention through toolsel's dispatcher, which splits joint calls (idempotent; a plain call
     still goes to whichever kernel it went to before)."""
@@ -81,7 +88,7 @@ def joint_hidden(model, prompt: mx.array, prompt_mask: mx.array, canvas: mx.arra
     decoder, encoder = model.model.decoder, model.model.encoder
     batch, p = prompt.shape
     c = canvas.shape[1]
-    canvas_embeds = decoder._embed_canvas(canvas)
+    canvas_embeds = _canvas_embeddings(decoder, canvas)
     h = mx.concatenate([encoder._embed_inputs(prompt), canvas_embeds], axis=1)
     full_mask = mx.concatenate([prompt_mask.astype(mx.bool_), mx.ones(canvas.shape, dtype=mx.bool_)], axis=1)
     decoder_masks = decoder._make_decoder_masks(canvas_embeds, [_PromptKV(batch, p)] * len(decoder.layers), full_mask)

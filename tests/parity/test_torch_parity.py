@@ -34,8 +34,10 @@ def pair(tmp_path_factory, model_tokenizer_dir):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_tokenizer_dir), local_files_only=True)
-    config = fit_to_tokenizer(tiny_config(sliding_window=8, canvas_length=C, num_experts=4, initializer_range=0.1),
-                              tokenizer)
+    # A full-attention layer before the last one: the training pass treats the last layer on its own.
+    layer_types = ["sliding_attention", "full_attention"] + ["sliding_attention"] * 3 + ["full_attention"]
+    config = fit_to_tokenizer(tiny_config(sliding_window=8, canvas_length=C, num_experts=4, initializer_range=0.1,
+                                          layer_types=layer_types), tokenizer)
     weights = init_weights(config, seed=0)
     # The real checkpoint scales each layer's output by its own scalar, the encoder's and the decoder's differ.
     for name in weights:

@@ -63,6 +63,21 @@ def test_joint_pass_equals_encoder_then_decoder(tiny_model_dir, load_tiny, make_
         use_reference_kernels(model)
 
 
+def test_joint_pass_through_full_attention_layers(tmp_path, model_tokenizer_dir, load_tiny, make_batch):
+    """Full-attention layers before the last one (the real model has several): their own head size, shared
+    keys-as-values and no window trim go through the joint call too."""
+    from toolsel.model.tiny import build_tiny, tiny_config
+
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    path = build_tiny(tmp_path, model_tokenizer_dir, tiny_config(num_hidden_layers=4, layer_types=layer_types), seed=1)
+    model = load_tiny(path)
+    prepare_for_training(model, method="full")
+    window = model.config.text_config.sliding_window
+    batch = make_batch(model.config.text_config.vocab_size, batch=2, prompt=window + 5, pad_first=4)
+    noisy, _ = corrupt(mx.random.key(3), batch["canvas"], model.config.text_config.vocab_size)
+    _assert_same_function(model, batch, noisy)
+
+
 def test_joint_pass_with_a_prompt_inside_the_window(tiny_model_dir, load_tiny, make_batch):
     model = load_tiny(tiny_model_dir)
     prepare_for_training(model, method="full")

@@ -14,7 +14,10 @@ The rest is the same computation: rotary positions 0..P+C-1 are the encoder's 0.
 per-token ops do not see the concatenation; the encoder's and decoder's layer scalars multiply their own halves.
 The last layer runs as mlx-vlm runs it (encoder call, then decoder call): its prompt rows matter only through their
 keys and values, so the rest of the encoder's last layer is never computed (as in the two-pass path, where the
-unread encoder output is pruned from the graph); joining it would cost an eighth more of the layers' work.
+unread encoder output is pruned from the graph); joining it would cost an eighth more of the layers' work. (Under
+gradient checkpointing the checkpoint computes that output anyway, as it did for the two-pass path.)
+With LoRA dropout on, a projection draws one mask over [prompt; canvas] instead of one per half: the same
+distribution and the same determinism given the key, other draws than the two-pass path.
 tests/train/test_joint.py checks loss and every gradient against the two-pass path (encoder into caches, then the
 decoder), which stays in use for the encoder AR loss (its decoder sees a prefix of a longer encoder sequence) and
 for two-pass self-conditioning.

@@ -80,8 +80,9 @@ def evaluate(model, loss_fn, batches, seed: int) -> float:
 
 
 def accumulate_gradients(value_and_grad, batches, keys, count: int, shards: int = 1):
-    """Token-weighted mean gradient over `count` micro-batches, evaluating each at once (one micro-batch's peak);
-    each micro-batch's row shards run concurrently on CPU streams (toolsel.train.parallel).
+    """Token-weighted mean gradient over `count` micro-batches, evaluating each at once (one micro-batch's peak;
+    the last one is returned lazy, to be evaluated with the update); each micro-batch's row shards run concurrently
+    on CPU streams (toolsel.train.parallel).
 
     Returns (gradient, loss sum, tokens supervised, tokens processed): the gradient and loss sum / tokens supervised
     are exactly those of one big batch made of all the micro-batches.
@@ -211,7 +212,7 @@ def train(model, optimizer, loss_fn: Callable, train_batches, val_batches, args:
             grads, loss_sum, ntok, tokens = accumulate_gradients(value_and_grad, train_batches, micro_keys,
                                                                  args.grad_accum, args.shards)
             grad_norm = update(grads)
-            mx.eval(model.trainable_parameters(), optimizer.state, grad_norm)
+            mx.eval(model.trainable_parameters(), optimizer.state, grad_norm, loss_sum)
             seconds = time.perf_counter() - tic
             state.step, state.tokens = state.step + 1, state.tokens + tokens
             state.train_seconds += seconds

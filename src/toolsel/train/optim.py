@@ -122,4 +122,5 @@ def fused_adamw_single(optimizer: optim.AdamW, gradient: mx.array, parameter: mx
 
 
 def is_fusable(optimizer) -> bool:
-    return isinstance(optimizer, optim.AdamW) and optimizer.bias_correction
+    """mlx's own AdamW (not a subclass, which may change `apply_single`) with bias correction."""
+    return type(optimizer) is optim.AdamW and optimizer.bias_correction

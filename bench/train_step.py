@@ -163,6 +163,9 @@ def main() -> None:
         # Alternate the two sides for a few rounds and keep each side's best: other load on a shared machine
         # only ever slows a round down.
         rounds = [(side("mlx", model_dir, args, extra), side("torch", model_dir, args)) for _ in range(args.rounds)]
+    for i, (mine, theirs) in enumerate(rounds, 1):
+        print(f"round {i}: ours {mine['step_s'] * 1e3:.1f} ms, torch {theirs['step_s'] * 1e3:.1f} ms "
+              f"(ratio {theirs['step_s'] / mine['step_s']:.2f})")
     ours = min((r[0] for r in rounds), key=lambda r: r["step_s"])
     ref = min((r[1] for r in rounds), key=lambda r: r["step_s"])
     ours_tps, ref_tps = ours["tokens"] / ours["step_s"], ref["tokens"] / ref["step_s"]

@@ -43,10 +43,10 @@ def test_geglu_gradient_in_bf16_stays_close_to_float32():
     assert mx.abs(ours.astype(mx.float32) - truth).max().item() < 0.02
 
 
-@pytest.mark.parametrize("routing", ["random", "one_expert", "two_experts"])
+@pytest.mark.parametrize("routing", ["random", "one_expert", "two_experts", "four_choices"])
 def test_tiled_experts_equal_mlx_vlm_experts(tiny_model_dir, load_tiny, routing):
     """Output and every gradient (input and weights), including routings that leave experts empty or put every
-    token on one expert (its tiles then span many blocks)."""
+    token on one expert (its tiles then span many blocks), and top-4 routing (the input gradient sums 4 rows)."""
     model = load_tiny(tiny_model_dir)
     experts = model.model.decoder.layers[1].experts
     num = experts.gate_up_proj.weight.shape[0]
@@ -55,8 +55,10 @@ def test_tiled_experts_equal_mlx_vlm_experts(tiny_model_dir, load_tiny, routing)
         idx = mx.argpartition(mx.random.normal((37, num), key=mx.random.key(1)), kth=-2, axis=-1)[:, -2:]
     elif routing == "one_expert":
         idx = mx.stack([mx.full((37,), num - 1), mx.zeros((37,))], axis=1).astype(mx.int32)
-    else:
+    elif routing == "two_experts":
         idx = mx.stack([mx.full((37,), 2), mx.full((37,), 3)], axis=1).astype(mx.int32)
+    else:
+        idx = mx.argpartition(mx.random.normal((37, num), key=mx.random.key(1)), kth=-4, axis=-1)[:, -4:]
 
     def tiled(ex, x):
         return blocked_experts(ex.gate_up_proj, ex.down_proj, ex.activation, ex.hidden_dims, x, idx, block=8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from toolsel.train.fast import tanh32, use_fast_kernels
+from toolsel.train.fast import linear, tanh32, use_fast_kernels, use_reference_kernels
 from toolsel.train.loop import accumulate_gradients, make_value_and_grad
 from toolsel.train.lora import prepare_for_training
 from toolsel.train.moe import blocked_experts
@@ -202,3 +202,38 @@ def test_fused_adamw_is_mlx_adamw_bit_for_bit(clip):
             assert ours[name].dtype == theirs[name].dtype, name
             assert mx.array_equal(ours[name], theirs[name]).item(), name
     assert params_fused["layers.1.weight"].dtype == mx.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_linear_equals_mlx_and_its_gradients(dtype):
+    """`linear` = x @ w.T, and both gradients are mlx's (the weight's computed as dy^T x instead of (x^T dy)^T)."""
+    x = mx.random.normal((3, 37, 64), key=mx.random.key(0)).astype(dtype)
+    w = (mx.random.normal((48, 64), key=mx.random.key(1)) * 0.1).astype(dtype)
+    c = mx.random.normal((3, 37, 48), key=mx.random.key(2)).astype(dtype)
+    assert mx.array_equal(linear(x, w), x @ w.T).item()
+    ref = mx.grad(lambda x, w: (x @ w.T * c).sum(), argnums=(0, 1))(x, w)
+    ours = mx.grad(lambda x, w: (linear(x, w) * c).sum(), argnums=(0, 1))(x, w)
+    for r, o in zip(ref, ours):
+        assert o.dtype == dtype and o.shape == r.shape
+        r, o = r.astype(mx.float32), o.astype(mx.float32)
+        assert mx.abs(o - r).max().item() <= 1e-6 * mx.abs(r).max().item()
+
+
+def test_fast_kernels_route_linear_layers_and_the_tied_projection(tiny_model_dir, load_tiny):
+    """Every bias-free nn.Linear and the embedding's as_linear go through `linear` (values unchanged); eval's
+    variant and use_reference_kernels leave mlx's own."""
+    model = load_tiny(tiny_model_dir)
+    embed = model.model.decoder.embed_tokens
+    h = mx.random.normal((2, 5, model.config.text_config.hidden_size), key=mx.random.key(3))
+    before = embed.as_linear(h)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is nn.Linear for m in linears)
+    use_fast_kernels(model, tiled_experts=False, row_major_grads=False)
+    assert all(type(m) is nn.Linear for m in linears) and type(embed) is nn.Embedding
+    use_reference_kernels(model)
+    use_fast_kernels(model)
+    assert all(type(m).__call__ is not nn.Linear.__call__ for m in linears)
+    assert type(embed).as_linear is not nn.Embedding.as_linear
+    assert mx.array_equal(embed.as_linear(h), before).item()
+    use_reference_kernels(model)
+    assert all(type(m) is nn.Linear for m in linears) and type(embed) is nn.Embedding

@@ -29,7 +29,7 @@ def use_fast_eval_kernels(model) -> bool:
     """Install the fast kernels on this model when computing on the CPU (idempotent); returns whether it did."""
     if mx.default_device() != mx.cpu:
         return False
-    use_fast_kernels(model, tiled_experts=False)
+    use_fast_kernels(model, tiled_experts=False, row_major_grads=False)
     model._toolsel_fast_eval = True
     return True
 

@@ -9,6 +9,8 @@ self-conditioning) and for the vocabulary soft-cap. Here:
   vectorised fused loop), as `mx.custom_function`s with hand-written VJPs, so the backward pass is as short as the
   forward (autodiff through the rational function would be ~30 elementwise ops).
 - The routed experts run as `toolsel.train.moe.blocked_experts` (sgemm on tiles of one expert, not sgemv per token).
+- Bias-free linear layers and the tied output projection compute their weight gradient row-major (`linear`), as
+  the weight is stored, so the passes that follow (shard merge, global norm, AdamW) run contiguous.
 - On the CPU, every attention layer runs `toolsel.fastmath.attention` (softmax from a vectorised exp, differentiable)
   instead of mlx's `scaled_dot_product_attention`, whose CPU path (and its VJP) is mostly scalar exp and selects;
   on a GPU mlx's fused attention is kept.
@@ -16,11 +18,12 @@ self-conditioning) and for the vocabulary soft-cap. Here:
   (`toolsel.fastmath.softcap_cross_entropy`): mlx's cross-entropy pays a scalar exp per logit twice.
 
 The forward and backward bodies are compiled functions, so they run as fused loops even outside a compiled graph;
-training compiles the whole step (`toolsel.train.loop`). Eval installs the same patch without the tiles
-(`toolsel.eval.kernels`). tests/train/test_loop.py and tests/train/test_fast.py check loss and every gradient
+training compiles the whole step (`toolsel.train.loop`). Eval installs the same patch without the tiles and the
+linear layers (`toolsel.eval.kernels`). tests/train/test_loop.py and tests/train/test_fast.py check loss and every gradient
 against mlx-vlm's own kernels.
-The model code itself is untouched: the patch swaps the class of this model's MLP, self-conditioning, GeGLU, Experts
-and Attention modules for a subclass with a new `__call__`, and its `_softcap` (per instance; other models in the
+The model code itself is untouched: the patch swaps the class of this model's MLP, self-conditioning, GeGLU, Experts,
+Attention and Linear modules for a subclass with a new `__call__` (the embedding's: a new `as_linear`), and its
+`_softcap` (per instance; other models in the
 process are unaffected). mlx-vlm's Attention calls the module-level `scaled_dot_product_attention`: that name is
 replaced once by a pass-through that takes the fast path only inside a patched instance's call (a context
 variable), so every other model, stock generate included, runs mlx-vlm's code unchanged.
@@ -33,6 +36,7 @@ import contextvars
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_vlm.models.cache import RotatingKVCache
 from mlx_vlm.models.diffusion_gemma import language
 
@@ -109,6 +113,32 @@ def softcap(cap: float):
     return capped
 
 
+@mx.custom_function
+def linear(x, weight):
+    """x @ weight.T, nn.Linear without a bias; its weight gradient is computed row-major, as the weight is stored.
+
+    mlx differentiates `x @ weight.T` into (x^T @ dy) transposed: a column-major view. Every pass over it that also
+    reads row-major arrays (the shards' merge, AdamW's moments and weights) then runs as a strided CPU loop, or
+    copies it first (the global norm's reshape): ~10% of a full fine-tune's step. dy^T @ x gives the same sums
+    row-major. The input gradient is mlx's own."""
+    return x @ weight.T
+
+
+@linear.vjp
+def _linear_vjp(primals, cotangent, output):
+    x, weight = primals
+    rows = cotangent.reshape(-1, cotangent.shape[-1])
+    return cotangent @ weight, rows.T @ x.reshape(-1, x.shape[-1])
+
+
+def _linear_call(self, x):
+    return linear(x, self["weight"])
+
+
+def _embedding_as_linear(self, x):
+    return linear(x, self.weight)
+
+
 def _mlp_call(self, x):
     return self.down_proj(geglu(self.gate_proj(x), self.up_proj(x)))
 
@@ -176,22 +206,23 @@ def _fast_attention_call(self, *args, **kwargs):
         _FAST_ATTENTION.reset(token)
 
 
-_SUBCLASSES: dict[type, type] = {}
+_SUBCLASSES: dict[tuple, type] = {}
 
 
-def _swap(module, call) -> None:
-    """Give this one module a subclass of its class with `call` as `__call__`."""
+def _swap(module, call, name: str = "__call__") -> None:
+    """Give this one module a subclass of its class with `call` as its method `name`."""
     cls = type(module)
     if getattr(cls, "_toolsel_fast", False):
         return
-    if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"Fast{cls.__name__}", (cls,), {"__call__": call, "_toolsel_fast": True})
-    module.__class__ = _SUBCLASSES[cls]
+    if (cls, name) not in _SUBCLASSES:
+        _SUBCLASSES[cls, name] = type(f"Fast{cls.__name__}", (cls,), {name: call, "_toolsel_fast": True})
+    module.__class__ = _SUBCLASSES[cls, name]
 
 
-def use_fast_kernels(model, tiled_experts: bool = True) -> None:
+def use_fast_kernels(model, tiled_experts: bool = True, row_major_grads: bool = True) -> None:
     """Install the patch on this model (idempotent). `tiled_experts=False` keeps mlx-vlm's expert matmuls (eval:
-    a decoding step routes too few tokens per expert for tiles to pay)."""
+    a decoding step routes too few tokens per expert for tiles to pay); `row_major_grads=False` keeps mlx's linear
+    layers (eval takes no gradients)."""
     if mx.default_device() == mx.cpu:
         language.scaled_dot_product_attention = dispatch_sdpa
         for module in model.modules():
@@ -201,6 +232,12 @@ def use_fast_kernels(model, tiled_experts: bool = True) -> None:
         model._softcap = softcap(float(model.final_logit_softcapping))
         model._toolsel_fast_softcap = True
     decoder = model.model.decoder
+    if row_major_grads:
+        for module in model.modules():  # exact types: quantized and LoRA layers keep their own calls
+            if type(module) is nn.Linear and "bias" not in module:
+                _swap(module, _linear_call)
+        if type(decoder.embed_tokens) is nn.Embedding:  # the tied output projection
+            _swap(decoder.embed_tokens, _embedding_as_linear, "as_linear")
     _swap(decoder.self_conditioning, _self_conditioning_call)
     for layer in decoder.layers:
         _swap(layer.mlp, _mlp_call)

@@ -219,6 +219,16 @@ def test_linear_equals_mlx_and_its_gradients(dtype):
         assert mx.abs(o - r).max().item() <= 1e-6 * mx.abs(r).max().item()
 
 
+def test_linear_gradients_keep_their_inputs_dtypes():
+    """A float32 activation against bf16 weights (and the reverse): each gradient in its input's dtype, as mlx's."""
+    for x_dtype, w_dtype in ((mx.float32, mx.bfloat16), (mx.bfloat16, mx.float32)):
+        x = mx.random.normal((5, 8), key=mx.random.key(0)).astype(x_dtype)
+        w = mx.random.normal((3, 8), key=mx.random.key(1)).astype(w_dtype)
+        ref = mx.grad(lambda x, w: (x @ w.T).sum(), argnums=(0, 1))(x, w)
+        ours = mx.grad(lambda x, w: linear(x, w).sum(), argnums=(0, 1))(x, w)
+        assert [g.dtype for g in ours] == [g.dtype for g in ref] == [x_dtype, w_dtype]
+
+
 def test_fast_kernels_route_linear_layers_and_the_tied_projection(tiny_model_dir, load_tiny):
     """Every bias-free nn.Linear and the embedding's as_linear go through `linear` (values unchanged); eval's
     variant and use_reference_kernels leave mlx's own."""

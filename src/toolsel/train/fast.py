@@ -128,7 +128,8 @@ def linear(x, weight):
 def _linear_vjp(primals, cotangent, output):
     x, weight = primals
     rows = cotangent.reshape(-1, cotangent.shape[-1])
-    return cotangent @ weight, rows.T @ x.reshape(-1, x.shape[-1])
+    # each in its input's dtype, as mlx's (a float32 activation against bf16 weights promotes the products)
+    return (cotangent @ weight).astype(x.dtype), (rows.T @ x.reshape(-1, x.shape[-1])).astype(weight.dtype)
 
 
 def _linear_call(self, x):
@@ -233,7 +234,7 @@ def use_fast_kernels(model, tiled_experts: bool = True, row_major_grads: bool = 
         model._toolsel_fast_softcap = True
     decoder = model.model.decoder
     if row_major_grads:
-        for module in model.modules():  # exact types: quantized and LoRA layers keep their own calls
+        for module in model.modules():  # exact types: quantized layers and LoRA wrappers keep their calls
             if type(module) is nn.Linear and "bias" not in module:
                 _swap(module, _linear_call)
         if type(decoder.embed_tokens) is nn.Embedding:  # the tied output projection

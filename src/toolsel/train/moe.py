@@ -10,7 +10,7 @@ through mlx's segmented matmul for sorted indices. Same function as mlx-vlm's; w
 
 Moving rows into tiles and back are gathers whose gradients are gathers too (`_to_tiles`, `_from_tiles`), not
 mlx's scatter-add: on the CPU a row scatter-add runs ~20x slower than a row gather (2.1 vs 0.1 ms for the bench's
-1152 x 256 tile rows, measured), and there are two per expert layer in each pass.
+1152 x 256 tile rows, measured), and there are two per expert layer in the backward pass.
 """
 
 from __future__ import annotations

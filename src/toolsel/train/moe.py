@@ -40,10 +40,15 @@ def expert_tiles(top_k_indices: mx.array, num_experts: int, block: int):
     return mx.stop_gradient(row_pair), mx.stop_gradient(tile_expert), mx.stop_gradient(pair_row)
 
 
+def _with_zero_row(rows: mx.array) -> mx.array:
+    """[N, D] -> [N + 1, D]: index N reads zeros (the padding rows' source)."""
+    return mx.concatenate([rows, mx.zeros((1, rows.shape[-1]), rows.dtype)], axis=0)
+
+
 @mx.custom_function
 def _to_tiles(x, row_source, pair_row):
     """x [T, D] -> its rows in padded tile order (row_source: token of each padded row, T = a zero row)."""
-    return mx.concatenate([x, mx.zeros((1, x.shape[-1]), x.dtype)], axis=0)[row_source]
+    return _with_zero_row(x)[row_source]
 
 
 @_to_tiles.vjp
@@ -64,8 +69,7 @@ def _from_tiles(y, pair_row, row_pair):
 def _from_tiles_vjp(primals, cotangent, output):
     # every padded row takes its pair's gradient, padding rows (row_pair = n_pairs) the appended zero row
     y, pair_row, row_pair = primals
-    padded = mx.concatenate([cotangent, mx.zeros((1, cotangent.shape[-1]), cotangent.dtype)], axis=0)
-    return padded[row_pair], mx.zeros_like(pair_row), mx.zeros_like(row_pair)
+    return _with_zero_row(cotangent)[row_pair], mx.zeros_like(pair_row), mx.zeros_like(row_pair)
 
 
 def blocked_experts(gate_up_proj, down_proj, activation, hidden_dims: int, x: mx.array, top_k_indices: mx.array,
@@ -74,7 +78,7 @@ def blocked_experts(gate_up_proj, down_proj, activation, hidden_dims: int, x: mx
     tokens, k = top_k_indices.shape
     num_experts = gate_up_proj["weight"].shape[0]
     row_pair, tile_expert, pair_row = expert_tiles(top_k_indices, num_experts, block)
-    row_source = mx.minimum(row_pair // k, tokens)  # padding rows (n_pairs) read the zero row
+    row_source = row_pair // k  # padding rows (n_pairs = n_tokens * k) give n_tokens: the zero row
     tiles = _to_tiles(x, row_source, pair_row.reshape(tokens, k)).reshape(tile_expert.shape[0], block, x.shape[-1])
     gate_up = gate_up_proj(tiles, tile_expert, sorted_indices=True)
     gate, up = gate_up[..., :hidden_dims], gate_up[..., hidden_dims:]

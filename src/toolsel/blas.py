@@ -3,6 +3,7 @@
 The `mlx[cpu]` wheel bundles the netlib reference BLAS, 37x slower than MKL or OpenBLAS on our machines
 (shared/docs/measurements.md). A BLAS can only be swapped before the process starts, so `toolsel` re-executes
 itself once with LD_PRELOAD set; `python -m toolsel.blas CMD ...` does the same for any other command (pytest).
+The same environment lets MLX's CPU compiler vectorise its fused kernels (toolsel.jit).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
+
+from toolsel.jit import jit_env
 
 # glibc keeps freed memory in its heap instead of returning it to the OS (toolsel.allocator): every block up to 1 GiB
 # comes from the heap, which is trimmed only past 4 GiB free. Read once at process start, so it rides on the re-exec.
@@ -33,11 +36,13 @@ def find_fast_blas() -> str | None:
 
 
 def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment with a fast BLAS preloaded (unchanged off Linux or when none is found)."""
+    """The environment with a fast BLAS preloaded and MLX's kernel compiler vectorising (toolsel.jit); unchanged off
+    Linux, and without the BLAS when none is found."""
     env = dict(os.environ if env is None else env)
     if not sys.platform.startswith("linux") or env.get(_MARK):
         return env
     lib = find_fast_blas()
+    env = jit_env(env)
     env[_MARK] = lib or "none"
     if lib:
         env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
@@ -55,7 +60,8 @@ def reexec_with_fast_blas() -> None:
     env = preload_env()
     if env.get(_MARK) != "none":
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-    os.environ[_MARK] = "none"  # nothing to preload: remember, and let slow_blas_warning speak
+    os.environ.update(env)  # nothing to preload: remember, and let slow_blas_warning speak; MLX reads PATH and
+    # TMPDIR (toolsel.jit) when it builds its first kernel, later than this
 
 
 def slow_blas_warning() -> str | None:

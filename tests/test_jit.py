@@ -37,9 +37,9 @@ def test_env_puts_a_flag_adding_gxx_first_with_its_own_kernel_cache(tmp_path):
     echo.write_text('#!/bin/sh\necho "$@"\n')
     echo.chmod(0o755)
     (tmp_path / "g++").symlink_to(echo)
-    wrapper = jit_env({"PATH": f"{tmp_path}{os.pathsep}{env['PATH']}", "TMPDIR": str(tmp_path / "u")},
+    echoing = jit_env({"PATH": f"{tmp_path}{os.pathsep}{env['PATH']}", "TMPDIR": str(tmp_path / "u")},
                       cpuinfo=AVX2_CPU)
-    ran = subprocess.run([Path(wrapper["TMPDIR"]) / "bin" / "g++", "-O3", "k.cpp"], capture_output=True, text=True)
+    ran = subprocess.run([Path(echoing["TMPDIR"]) / "bin" / "g++", "-O3", "k.cpp"], capture_output=True, text=True)
     assert ran.stdout.split() == ["-O3", "k.cpp", *FLAGS]
     # applied once only, and not at all where it cannot or should not be
     assert jit_env(out, cpuinfo=AVX2_CPU) == out

@@ -10,15 +10,20 @@ vectorising them at all (objdump: no ymm register in the AdamW kernel, and a cal
   default limit of 10.
 
 Where the CPU has AVX2, FMA and F16C, `jit_env` puts a `g++` wrapper first on PATH that adds those flags, plus
-`-ffp-contract=off`: no multiply-add is fused, so every kernel computes the same bits as the scalar build (IEEE
-add, multiply, divide and sqrt round the same in any vector width; libm calls stay calls). tests/test_jit.py checks
-the bits. MLX keeps built kernels in TMPDIR/mlx/<version>/cpu and reuses them by name, so the wrapper gets a
-TMPDIR of its own: kernels built without the flags are never picked up. `TOOLSEL_VECTOR_JIT=0` turns it off.
-Applied with the fast BLAS, at the re-exec (toolsel.blas), so it covers every stage and `python -m toolsel.blas`.
+`-ffp-contract=off`: no multiply-add is fused, so the kernels compute the same values as the scalar build (IEEE
+add, multiply, divide and sqrt round the same in any vector width; libm calls stay calls; only the sign and payload
+of a NaN may differ). One exception is kept out: without errno GCC's vectoriser turns `pow(x, 0.5)` into a vector
+sqrt, which differs at -0 and -inf, so a kernel that raises to a power is built with errno kept, as before.
+tests/test_jit.py compares the values, special ones included. MLX keeps built kernels in TMPDIR/mlx/<version>/cpu
+and reuses them by name, so the wrapper gets a TMPDIR of its own, named after the user and a hash of the wrapper and
+the compiler: kernels built with other flags, another compiler or by another user are never picked up.
+`TOOLSEL_VECTOR_JIT=0` turns it off. Applied with the fast BLAS, at the re-exec (toolsel.blas), so it covers every
+stage and `python -m toolsel.blas`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shlex
@@ -27,11 +32,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ("-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-ffp-contract=off",
-         "--param", "vect-max-version-for-alias-checks=200")
+FLAGS = ("-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "--param", "vect-max-version-for-alias-checks=200")
+NO_ERRNO = "-fno-math-errno"  # added unless the kernel calls Power (see above)
 _NEEDS = ("avx2", "fma", "f16c")  # /proc/cpuinfo flags the FLAGS assume
 _SWITCH = "TOOLSEL_VECTOR_JIT"
-_HOME = "toolsel-vector-jit"  # the wrapper's directory in TMPDIR, and the TMPDIR it gives MLX
+_HOME = "toolsel-vector-jit"  # prefix of the wrapper's directory in TMPDIR, the TMPDIR it gives MLX
 
 
 def cpu_supports_flags(cpuinfo: str | None = None) -> bool:
@@ -48,8 +53,22 @@ def cpu_supports_flags(cpuinfo: str | None = None) -> bool:
 
 
 def wrapper_script(compiler: str) -> str:
-    """A POSIX shell `g++` that runs `compiler` with MLX's arguments followed by FLAGS."""
-    return f'#!/bin/sh\nexec {shlex.quote(compiler)} "$@" {shlex.join(FLAGS)}\n'
+    """A POSIX shell `g++` that runs `compiler` with MLX's arguments followed by FLAGS, and NO_ERRNO unless the
+    kernel source (the .cpp argument) calls Power."""
+    return (
+        "#!/bin/sh\n"
+        f"errno={NO_ERRNO}\n"
+        'for arg in "$@"; do case "$arg" in *.cpp) grep -q "Power()(" "$arg" && errno=;; esac; done\n'
+        f'exec {shlex.quote(compiler)} "$@" {shlex.join(FLAGS)} $errno\n'
+    )
+
+
+def _home_name(script: str, compiler: str) -> str:
+    """The wrapper's directory: per user, and per wrapper text and compiler binary (a changed flag or an upgraded
+    g++ starts a fresh kernel cache)."""
+    stat = os.stat(os.path.realpath(compiler))
+    key = hashlib.sha256(f"{script}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{_HOME}-{os.getuid() if hasattr(os, 'getuid') else 0}-{key}"
 
 
 def _write_executable(path: Path, text: str) -> None:
@@ -66,7 +85,7 @@ def _write_executable(path: Path, text: str) -> None:
 
 def without_wrapper(path: str) -> str:
     """PATH less any directory holding our wrapper (a process started under it that sets up its own)."""
-    return os.pathsep.join(d for d in path.split(os.pathsep) if Path(d).parent.name != _HOME)
+    return os.pathsep.join(d for d in path.split(os.pathsep) if not Path(d).parent.name.startswith(_HOME))
 
 
 def jit_env(env: dict[str, str], cpuinfo: str | None = None) -> dict[str, str]:
@@ -76,11 +95,14 @@ def jit_env(env: dict[str, str], cpuinfo: str | None = None) -> dict[str, str]:
         return env
     compiler = shutil.which("g++", path=without_wrapper(env.get("PATH", os.defpath)))
     base = Path(env.get("TMPDIR") or tempfile.gettempdir())
-    if compiler is None or base.name == _HOME:
+    if compiler is None or base.name.startswith(_HOME):
         return env
-    home = base / _HOME
+    script = wrapper_script(compiler)
+    home = base / _home_name(script, compiler)
     try:
-        _write_executable(home / "bin" / "g++", wrapper_script(compiler))
+        _write_executable(home / "bin" / "g++", script)
+        if not os.access(home, os.W_OK):
+            return env
     except OSError:
         return env  # an unwritable temp dir: MLX builds its kernels as it always does
     return {**env, "PATH": f"{home / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}", "TMPDIR": str(home)}

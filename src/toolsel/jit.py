@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from toolsel.io import atomic_open
+
 FLAGS = ("-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "--param", "vect-max-version-for-alias-checks=200")
 NO_ERRNO = "-fno-math-errno"  # added unless the kernel calls Power (see above)
 _NEEDS = ("avx2", "fma", "f16c")  # /proc/cpuinfo flags the FLAGS assume
@@ -75,12 +77,9 @@ def _write_executable(path: Path, text: str) -> None:
     """Write `text` to `path` (mode 755) atomically: concurrent processes may set up the same wrapper."""
     if path.exists() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".g++.")
-    with os.fdopen(fd, "w") as handle:
+    with atomic_open(path, "w") as handle:
         handle.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+        os.fchmod(handle.fileno(), 0o755)  # before the rename: MLX may run it the moment it exists
 
 
 def without_wrapper(path: str) -> str:
